@@ -1,0 +1,1 @@
+"""Online River models for churn and purchase propensity (arriving with the models issue)."""

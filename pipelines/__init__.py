@@ -1,0 +1,1 @@
+"""Engine drivers (Beam, the plain core loop), sources, sinks and the command line."""

@@ -1,0 +1,41 @@
+"""What a run needs, independent of the engine that executes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.outputs import OutputPaths
+from pipelines.sources import RawRecord
+from transforms.cleaning import Cleaner
+from transforms.config import JobConfig
+from transforms.customer import CustomerLogic
+from transforms.dead_letters import DeadLetter
+from transforms.events import Event
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A run: input, configuration, where results go, and the clocks it is given."""
+
+    source: str  # a file path or a redis-stream:// URL
+    config: JobConfig
+    redis_url: str
+    outputs: OutputPaths
+    now_ms: int  # processing clock the cleaning step checks "far in the future" against
+    as_of: int | None = None  # advance event time to this after the input ends
+    progress: bool = False
+    redis_prefix: str = "segstream"
+    metrics_port: int | None = None
+
+    def cleaner(self) -> Cleaner:
+        return Cleaner(self.config.cleaning)
+
+    def logic(self) -> CustomerLogic:
+        return CustomerLogic(self.config.rules, self.config.stream)
+
+
+def clean_record(cleaner: Cleaner, record: RawRecord, now_ms: int) -> Event | DeadLetter:
+    """Decode errors and cleaning rejections both end as dead letters."""
+    if record.error is not None:
+        return cleaner.dead_letter(record.payload, record.error, record.source, record.position)
+    return cleaner.clean(record.payload, record.source, record.position, now_ms)

@@ -1,0 +1,222 @@
+"""Cleaning on the fly: one raw record in, one :class:`Event` or one :class:`DeadLetter` out.
+
+>>> cleaner = Cleaner(CleaningConfig(email_salt="s"))
+>>> now = 1_700_000_000_000
+>>> event = cleaner.clean({"event_id": "e1", "type": "page_view", "ts": 1_600_000_000_000,
+...                        "user_id": " u1 ", "email": "A@B.CO", "utm": "x"}, "demo", "1", now)
+>>> event.user_id, event.email == hash_email("a@b.co", "s"), event.properties
+('u1', True, {'utm': 'x'})
+>>> cleaner.clean({"event_id": "e2", "type": "purchase", "ts": 1_600_000_000_000,
+...                "user_id": "u1"}, "demo", "2", now).reason
+'missing_field'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from transforms.currencies import normalize_currency
+from transforms.dead_letters import DeadLetter, Reason, Rejection
+from transforms.events import EVENT_TYPES, TRANSACTION_TYPES, Event
+from transforms.identifiers import hash_email, normalize_email, normalize_identifier
+from transforms.timestamps import check_event_time, parse_event_time
+
+KNOWN_FIELDS = frozenset(
+    {
+        "event_id",
+        "type",
+        "ts",
+        "anonymous_id",
+        "user_id",
+        "email",
+        "session_id",
+        "product_id",
+        "category",
+        "price",
+        "quantity",
+        "order_id",
+        "amount",
+        "currency",
+        "consent",
+        "properties",
+    }
+)
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class CleaningConfig:
+    """Settings of the cleaning step."""
+
+    email_salt: str
+    max_future_ms: int = DAY_MS
+    max_record_bytes: int = 64 * 1024
+
+
+def _text(record: dict[str, Any], name: str, required: bool = False) -> str | None:
+    value = record.get(name)
+    if value is None:
+        if required:
+            raise Rejection(Reason.MISSING_FIELD, name, f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Rejection(Reason.WRONG_TYPE, name, f"{name} must be a string")
+    text = str(value).strip()
+    if not text and required:
+        raise Rejection(Reason.MISSING_FIELD, name, f"{name} is empty")
+    return text or None
+
+
+def _number(record: dict[str, Any], name: str, required: bool = False) -> float | None:
+    value = record.get(name)
+    if value is None or value == "":
+        if required:
+            raise Rejection(Reason.MISSING_FIELD, name, f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Rejection(Reason.WRONG_TYPE, name, f"{name} must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise Rejection(Reason.INVALID_NUMBER, name, f"{name} is not a number") from None
+    if not math.isfinite(number):
+        raise Rejection(Reason.INVALID_NUMBER, name, f"{name} must be finite")
+    return number
+
+
+def _integer(record: dict[str, Any], name: str) -> int | None:
+    number = _number(record, name)
+    if number is None:
+        return None
+    if number != int(number):
+        raise Rejection(Reason.INVALID_NUMBER, name, f"{name} must be a whole number")
+    return int(number)
+
+
+def _identifiers(record: dict[str, Any], salt: str) -> dict[str, str | None]:
+    ids: dict[str, str | None] = {}
+    for name in ("anonymous_id", "user_id"):
+        raw = _text(record, name)
+        ids[name] = normalize_identifier(raw) if raw is not None else None
+    raw_email = _text(record, "email")
+    email = normalize_email(raw_email) if raw_email is not None else None
+    ids["email"] = hash_email(email, salt) if email is not None else None
+    if not any(ids.values()):
+        raise Rejection(Reason.MISSING_IDENTIFIER, None, "no usable anonymous_id, user_id or email")
+    return ids
+
+
+def _consent(record: dict[str, Any]) -> dict[str, bool] | None:
+    value = record.get("consent")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
+        raise Rejection(Reason.WRONG_TYPE, "consent", "consent must be an object of booleans")
+    return {str(k): v for k, v in value.items()}
+
+
+def _properties(record: dict[str, Any]) -> dict[str, Any]:
+    given = record.get("properties")
+    if given is not None and not isinstance(given, dict):
+        raise Rejection(Reason.WRONG_TYPE, "properties", "properties must be an object")
+    properties = dict(given or {})
+    properties.update((k, v) for k, v in record.items() if k not in KNOWN_FIELDS)
+    return properties
+
+
+class Cleaner:
+    """Validates and normalizes records per the input contract. Stateless; time is an argument."""
+
+    def __init__(self, config: CleaningConfig) -> None:
+        self.config = config
+
+    def clean(self, record: object, source: str, position: str, now_ms: int) -> Event | DeadLetter:
+        """Return the cleaned event, or the dead letter that explains the rejection."""
+        try:
+            return self._clean(record, source, position, now_ms)
+        except Rejection as rejection:
+            return self.dead_letter(record, rejection, source, position)
+
+    def _clean(self, record: object, source: str, position: str, now_ms: int) -> Event:
+        if not isinstance(record, dict):
+            raise Rejection(Reason.MALFORMED, None, "record is not a JSON object")
+        event_id = _text(record, "event_id", required=True)
+        event_type = _text(record, "type", required=True)
+        if event_type not in EVENT_TYPES:
+            raise Rejection(Reason.UNKNOWN_EVENT_TYPE, "type", f"unknown event type {event_type!r}")
+        if record.get("ts") is None:
+            raise Rejection(Reason.MISSING_FIELD, "ts", "ts is required")
+        ts = check_event_time(parse_event_time(record["ts"]), now_ms, self.config.max_future_ms)
+        ids = _identifiers(record, self.config.email_salt)
+        is_transaction = event_type in TRANSACTION_TYPES
+        price = _number(record, "price")
+        quantity = _integer(record, "quantity")
+        amount = _number(record, "amount", required=is_transaction)
+        order_id = _text(record, "order_id", required=is_transaction)
+        currency = None
+        raw_currency = _text(record, "currency", required=is_transaction)
+        if raw_currency is not None:
+            currency = normalize_currency(raw_currency)
+            if currency is None:
+                raise Rejection(Reason.INVALID_CURRENCY, "currency", "currency is not an ISO 4217 code")
+        if amount is not None and amount < 0:
+            raise Rejection(Reason.OUT_OF_RANGE, "amount", "amount must not be negative")
+        if price is not None and price < 0:
+            raise Rejection(Reason.OUT_OF_RANGE, "price", "price must not be negative")
+        if quantity is not None and quantity <= 0:
+            raise Rejection(Reason.OUT_OF_RANGE, "quantity", "quantity must be positive")
+        return Event(
+            event_id=event_id,
+            type=event_type,
+            ts=ts,
+            anonymous_id=ids["anonymous_id"],
+            user_id=ids["user_id"],
+            email=ids["email"],
+            session_id=_text(record, "session_id"),
+            product_id=_text(record, "product_id"),
+            category=_text(record, "category"),
+            price=price,
+            quantity=quantity,
+            order_id=order_id,
+            amount=amount,
+            currency=currency,
+            consent=_consent(record),
+            properties=_properties(record),
+            source=source,
+            position=position,
+        )
+
+    def dead_letter(self, record: object, rejection: Rejection, source: str, position: str) -> DeadLetter:
+        """Build the dead letter for ``record``, hashing its email so no address is kept in clear."""
+        event_id = None
+        event_time = None
+        if isinstance(record, dict):
+            record = self._pseudonymize(record)
+            raw_id = record.get("event_id")
+            event_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+            try:
+                event_time = parse_event_time(record.get("ts"))
+            except Rejection:
+                event_time = None
+        payload = record if isinstance(record, str) else json.dumps(record, default=repr, ensure_ascii=False)
+        return DeadLetter(
+            reason=str(rejection.reason),
+            field=rejection.field,
+            message=rejection.message,
+            payload=payload,
+            source=source,
+            position=position,
+            event_id=event_id,
+            event_time=event_time,
+        )
+
+    def _pseudonymize(self, record: dict[str, Any]) -> dict[str, Any]:
+        email = record.get("email")
+        if isinstance(email, str):
+            return {**record, "email": hash_email(email, self.config.email_salt)}
+        if email is not None:
+            return {**record, "email": "<redacted>"}
+        return record

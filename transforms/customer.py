@@ -1,0 +1,220 @@
+"""Keyed per-customer logic: dedup, features, segment membership, changes, timers.
+
+Engines hold a :class:`CustomerState` per key and a buffer of pending events. They call
+:meth:`CustomerLogic.advance` when an event-time timer fires; it applies pending events and due
+rule timers in event-time order (ties by event id), so every engine and every replay produces the
+same changes with the same ``seq``. It returns the time at which it wants to be woken next.
+
+>>> from transforms.rules import parse_rules
+>>> rules = parse_rules({"version": "v1", "segments": {"recent_buyer": {"since": "last.purchase", "at_most": "1d"}}})
+>>> logic = CustomerLogic(rules, StreamConfig())
+>>> state = logic.new_state("user:u1")
+>>> buy = Event("e1", "purchase", 1_000, user_id="u1", order_id="o1", amount=5.0, currency="EUR")
+>>> step = logic.advance(state, [buy], to_ts=1_000)
+>>> [(c.segment, c.change, c.seq, c.reason) for c in step.changes], step.wake
+([('recent_buyer', 'entered', 1, 'rule')], 86401001)
+>>> step = logic.advance(state, [], to_ts=step.wake)
+>>> [(c.segment, c.change, c.seq, c.reason) for c in step.changes]
+[('recent_buyer', 'exited', 2, 'expiry')]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transforms.changes import SegmentChange, change_id
+from transforms.dead_letters import DeadLetter, Reason
+from transforms.events import Event
+from transforms.features import Features
+from transforms.rules import RuleSet
+
+MAX_IDENTIFIERS_PER_KIND = 20
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """Event-time settings (milliseconds)."""
+
+    max_out_of_orderness_ms: int = 5_000
+    allowed_lateness_ms: int = 0
+    dedup_horizon_ms: int = 86_400_000
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """Everything the job keeps about one customer; a plain value that pickles and restores."""
+
+    customer_id: str
+    clock: int | None = None  # event time this customer has been advanced to
+    seq: int = 0
+    segments: dict[str, int] = field(default_factory=dict)  # segment -> entered at
+    features: Features = field(default_factory=Features)
+    identifiers: dict[str, list[str]] = field(default_factory=dict)
+    recent_event_ids: dict[str, int] = field(default_factory=dict)  # event id -> ts, insertion ordered
+    rule_wake: int | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    """What one :meth:`CustomerLogic.advance` produced."""
+
+    changes: list[SegmentChange] = field(default_factory=list)
+    accepted: list[Event] = field(default_factory=list)
+    duplicates: list[Event] = field(default_factory=list)
+    remaining: list[Event] = field(default_factory=list)
+    wake: int | None = None
+    touched: bool = False  # the profile changed (an event applied or a segment changed)
+
+
+class CustomerLogic:
+    """Stateless behaviour over :class:`CustomerState` values."""
+
+    def __init__(self, rules: RuleSet, config: StreamConfig) -> None:
+        self.rules = rules
+        self.config = config
+
+    def new_state(self, customer_id: str) -> CustomerState:
+        return CustomerState(customer_id)
+
+    def is_late(self, state: CustomerState | None, event: Event) -> bool:
+        """True when the customer's clock has passed ``event`` by more than the allowed lateness."""
+        return (
+            state is not None and state.clock is not None and (event.ts < state.clock - self.config.allowed_lateness_ms)
+        )
+
+    def admit(self, clock: int | None, wake: int | None, event: Event) -> tuple[bool, int | None]:
+        """Engine hook for an arriving event: ``(late, timer)``.
+
+        ``late`` means the event becomes a ``late`` dead letter. Otherwise the engine buffers it
+        and, when ``timer`` is not None, sets its event-time timer to ``timer`` (earlier than ``wake``,
+        the timer already set). An event behind the clock but within the lateness fires at the clock.
+        """
+        if clock is not None and event.ts < clock - self.config.allowed_lateness_ms:
+            return True, None
+        due = event.ts if clock is None else max(event.ts, clock)
+        return False, (due if wake is None or due < wake else None)
+
+    def late_letter(self, event: Event) -> DeadLetter:
+        """The dead letter of an event that :meth:`admit` found late."""
+        return DeadLetter(
+            reason=str(Reason.LATE),
+            field="ts",
+            message="event is behind its customer's event-time clock by more than the allowed lateness",
+            payload=json.dumps(event.to_record(), ensure_ascii=False),
+            source=event.source,
+            position=event.position,
+            event_id=event.event_id,
+            event_time=event.ts,
+        )
+
+    def on_timer(
+        self, state: CustomerState, pending: list[Event], fired_at: int, end: int | None, bounded: bool
+    ) -> Step:
+        """Engine hook for a fired timer. ``end`` caps event time (the input's end or ``--as-of``).
+
+        On a bounded input every event has arrived when timers fire, so the customer goes straight
+        to ``end``; on a live input it goes to ``fired_at``. ``step.wake`` is the next timer to set
+        (None: none, including any past ``end``).
+        """
+        to_ts = end if bounded and end is not None else fired_at
+        if end is not None:
+            to_ts = min(to_ts, end)
+        step = self.advance(state, pending, to_ts)
+        if step.wake is not None and end is not None and step.wake > end:
+            step.wake = None
+        return step
+
+    def advance(self, state: CustomerState, pending: list[Event], to_ts: int) -> Step:
+        """Apply pending events and rule timers up to ``to_ts`` in event-time order."""
+        step = Step()
+        due = sorted((e for e in pending if e.ts <= to_ts), key=lambda e: e.order_key)
+        step.remaining = [e for e in pending if e.ts > to_ts]
+        floor = state.clock if state.clock is not None else -(2**62)
+        for event in due:
+            self._fire_rule_timers(state, min(event.ts, to_ts), step)
+            self._apply(state, event, max(event.ts, floor), step)
+        self._fire_rule_timers(state, to_ts, step)
+        state.clock = to_ts if state.clock is None else max(state.clock, to_ts)
+        self._expire_event_ids(state)
+        wakes = [e.ts for e in step.remaining]
+        if state.rule_wake is not None:
+            wakes.append(state.rule_wake)
+        step.wake = min(wakes, default=None)
+        return step
+
+    def _apply(self, state: CustomerState, event: Event, now: int, step: Step) -> None:
+        if event.event_id in state.recent_event_ids:
+            step.duplicates.append(event)
+            return
+        state.recent_event_ids[event.event_id] = event.ts
+        state.features.add(event)
+        self._remember_identifiers(state, event)
+        step.accepted.append(event)
+        step.touched = True
+        self._evaluate(state, now, from_timer=False, step=step)
+
+    def _fire_rule_timers(self, state: CustomerState, until: int, step: Step) -> None:
+        while state.rule_wake is not None and state.rule_wake <= until:
+            self._evaluate(state, state.rule_wake, from_timer=True, step=step)
+
+    def _evaluate(self, state: CustomerState, now: int, from_timer: bool, step: Step) -> None:
+        members, wake = self.rules.evaluate(state.features, now)
+        state.rule_wake = wake if wake is None or wake > now else None
+        current = set(state.segments)
+        for segment in sorted(current | members):
+            if (segment in members) == (segment in current):
+                continue
+            entered = segment in members
+            kind = "entered" if entered else "exited"
+            reason = "expiry" if from_timer and not entered else "rule"
+            state.seq += 1
+            step.changes.append(
+                SegmentChange(
+                    change_id=change_id(state.customer_id, segment, kind, state.seq),
+                    customer_id=state.customer_id,
+                    segment=segment,
+                    change=kind,
+                    seq=state.seq,
+                    event_time=now,
+                    reason=reason,
+                    rules_version=self.rules.version,
+                    scores=self.rules.decided_by(segment, state.features),
+                )
+            )
+            if entered:
+                state.segments[segment] = now
+            else:
+                del state.segments[segment]
+            step.touched = True
+
+    def _remember_identifiers(self, state: CustomerState, event: Event) -> None:
+        for kind, value in event.identifiers():
+            known = state.identifiers.setdefault(kind, [])
+            if value not in known and len(known) < MAX_IDENTIFIERS_PER_KIND:
+                known.append(value)
+
+    def _expire_event_ids(self, state: CustomerState) -> None:
+        cutoff = (state.clock or 0) - self.config.dedup_horizon_ms
+        ids = state.recent_event_ids
+        while ids:
+            oldest = next(iter(ids))
+            if ids[oldest] >= cutoff:
+                break
+            del ids[oldest]
+
+    def profile(self, state: CustomerState) -> dict[str, Any]:
+        """The customer's profile as readers see it (Redis and ``--profiles-out``)."""
+        return {
+            "customer_id": state.customer_id,
+            "identifiers": {kind: list(values) for kind, values in sorted(state.identifiers.items())},
+            "segments": sorted(state.segments),
+            "seq": state.seq,
+            "features": state.features.to_dict(),
+            "engagement_score": None,
+            "churn_score": None,
+            "propensity_score": None,
+            "as_of": state.clock,
+            "rules_version": self.rules.version,
+        }

@@ -1,0 +1,247 @@
+"""Segment rules loaded from YAML, evaluated against :class:`Features` at an event time.
+
+A rule is a condition tree. Leaves:
+
+- ``{since: <time feature>, at_least: 30m}`` / ``{since: ..., at_most: 24h}`` (both may be given):
+  how long ago the feature's time was; false when the feature is absent.
+- ``{after: <time feature>, than: <time feature>}``: the first is later than the second (an absent
+  second counts as never).
+- ``{feature: <numeric feature>, <op>: <number>}`` with op one of ``> >= < <= == !=``.
+
+Branches: ``{all: [...]}``, ``{any: [...]}``, ``{not: {...}}``. Durations: ``<int><ms|s|m|h|d>``.
+
+Every condition also says when its value may next change with no new event (``next_flip``), which
+is how exits (and delayed entries such as cart abandonment) fire by event-time timers.
+
+>>> rules = parse_rules({"version": "1", "segments": {"recent_buyer": {"since": "last.purchase", "at_most": "30d"}}})
+>>> features = Features(last_at={"purchase": 0})
+>>> rules.evaluate(features, now=1000)
+({'recent_buyer'}, 2592000001)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from transforms.features import NUMERIC_FEATURES, TIME_FEATURES, Features
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class RuleError(ValueError):
+    """A rule file that cannot be used; the message names the rule and the problem."""
+
+
+def parse_duration(text: object) -> int:
+    """``"30m"`` -> 1800000 (milliseconds).
+
+    >>> parse_duration("24h")
+    86400000
+    """
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"bad duration {text!r} (use e.g. 30m, 24h, 7d)")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+class Condition(Protocol):
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]: ...
+
+    def numeric_features(self) -> set[str]: ...
+
+
+def _earliest(*times: int | None) -> int | None:
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
+
+
+@dataclass(frozen=True)
+class Since:
+    feature: str
+    at_least: int | None
+    at_most: int | None
+
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+        at = features.value(self.feature)
+        if at is None:
+            return False, None
+        age = now - int(at)
+        flips: list[int] = []
+        holds = True
+        if self.at_least is not None and age < self.at_least:
+            holds = False
+            flips.append(int(at) + self.at_least)
+        if self.at_most is not None:
+            if age <= self.at_most:
+                flips.append(int(at) + self.at_most + 1)
+            else:
+                holds = False
+        return holds, _earliest(*flips)
+
+    def numeric_features(self) -> set[str]:
+        return set()
+
+
+@dataclass(frozen=True)
+class After:
+    feature: str
+    than: str
+
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+        first, second = features.value(self.feature), features.value(self.than)
+        return first is not None and (second is None or first > second), None
+
+    def numeric_features(self) -> set[str]:
+        return set()
+
+
+@dataclass(frozen=True)
+class Compare:
+    feature: str
+    op: str
+    value: float
+
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+        return _OPERATORS[self.op](features.value(self.feature), self.value), None
+
+    def numeric_features(self) -> set[str]:
+        return {self.feature}
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple[Condition, ...]
+
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+        results = [part.evaluate(features, now) for part in self.parts]
+        return all(r[0] for r in results), _earliest(*(r[1] for r in results))
+
+    def numeric_features(self) -> set[str]:
+        return set().union(*(p.numeric_features() for p in self.parts))
+
+
+@dataclass(frozen=True)
+class AnyOf(AllOf):
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+        results = [part.evaluate(features, now) for part in self.parts]
+        return any(r[0] for r in results), _earliest(*(r[1] for r in results))
+
+
+@dataclass(frozen=True)
+class Not:
+    part: Condition
+
+    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+        holds, flip = self.part.evaluate(features, now)
+        return not holds, flip
+
+    def numeric_features(self) -> set[str]:
+        return self.part.numeric_features()
+
+
+def _time_feature(name: object, where: str) -> str:
+    if name not in TIME_FEATURES:
+        raise ValueError(f"{where}: unknown time feature {name!r} (known: {', '.join(sorted(TIME_FEATURES))})")
+    return str(name)
+
+
+def _parse_condition(spec: object, where: str) -> Condition:
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: a condition must be a mapping, got {type(spec).__name__}")
+    keys = set(spec) - {"description"}
+    if len(keys) == 1 and keys <= {"all", "any"}:
+        (key,) = keys
+        parts = spec[key]
+        if not isinstance(parts, list) or not parts:
+            raise ValueError(f"{where}: {key!r} needs a non-empty list of conditions")
+        parsed = tuple(_parse_condition(p, f"{where}.{key}[{i}]") for i, p in enumerate(parts))
+        return AllOf(parsed) if key == "all" else AnyOf(parsed)
+    if keys == {"not"}:
+        return Not(_parse_condition(spec["not"], f"{where}.not"))
+    if "since" in keys and keys <= {"since", "at_least", "at_most"} and len(keys) > 1:
+        bounds = {k: parse_duration(spec[k]) if k in spec else None for k in ("at_least", "at_most")}
+        return Since(_time_feature(spec["since"], where), bounds["at_least"], bounds["at_most"])
+    if keys == {"after", "than"}:
+        return After(_time_feature(spec["after"], where), _time_feature(spec["than"], where))
+    if "feature" in keys and len(keys) == 2:
+        (op,) = keys - {"feature"}
+        name = spec["feature"]
+        if op not in _OPERATORS:
+            raise ValueError(f"{where}: unknown comparison {op!r} (use one of {' '.join(_OPERATORS)})")
+        if name not in NUMERIC_FEATURES:
+            raise ValueError(f"{where}: unknown numeric feature {name!r}")
+        value = spec[op]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: {name} {op} needs a number, got {value!r}")
+        return Compare(str(name), op, float(value))
+    raise ValueError(f"{where}: cannot read condition with keys {sorted(keys)}")
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Named segment conditions and the version stamped on every change they cause."""
+
+    version: str
+    segments: dict[str, Condition]
+
+    def evaluate(self, features: Features, now: int) -> tuple[set[str], int | None]:
+        """Segments the customer is in at ``now``, and the earliest time that may change unprompted."""
+        members: set[str] = set()
+        wake: int | None = None
+        for name, condition in self.segments.items():
+            holds, flip = condition.evaluate(features, now)
+            if holds:
+                members.add(name)
+            wake = _earliest(wake, flip)
+        return members, wake
+
+    def decided_by(self, segment: str, features: Features) -> dict[str, float]:
+        """The numeric feature values the segment's rule reads (the scores in a change)."""
+        return {name: float(features.value(name) or 0) for name in sorted(self.segments[segment].numeric_features())}
+
+
+def parse_rules(document: object) -> RuleSet:
+    """Build a :class:`RuleSet` from the parsed YAML document, or raise :class:`RuleError`."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("segments"), Mapping):
+        raise RuleError("rules: the document needs a 'segments' mapping of segment name -> condition")
+    segments: dict[str, Condition] = {}
+    for name, spec in document["segments"].items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise RuleError(f"rule {name!r}: segment names are lower_snake_case")
+        try:
+            segments[name] = _parse_condition(spec, name)
+        except ValueError as error:
+            raise RuleError(f"rule {name!r}: {error}") from None
+    if not segments:
+        raise RuleError("rules: no segments defined")
+    canonical = json.dumps(document["segments"], sort_keys=True, default=str)
+    version = str(document.get("version") or hashlib.sha256(canonical.encode()).hexdigest()[:12])
+    return RuleSet(version=version, segments=dict(sorted(segments.items())))
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    """Read a YAML rule file (the ``segments`` section of the job config)."""
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise RuleError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    return parse_rules(document)
