@@ -15,8 +15,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -26,23 +24,18 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.outputs import JsonLinesWriter
-from pipelines.redis_store import RedisSink, connect
+from pipelines.redis_store import RedisSink, StopClock, connect
+from pipelines.redis_stream import ack_target
 from pipelines.sources import read_records
 from transforms.cleaning import Cleaner, CleaningConfig
 from transforms.customer import CustomerLogic, StreamConfig
 from transforms.dead_letters import DeadLetter
 from transforms.rules import RuleSet
-from transforms.summary import RunCounts
 
-NAMESPACE = "segstream"
-DEAD, CHANGES, PROFILES, FINAL = "dead_letters", "changes", "profiles", "final_profiles"
+DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
 
 
-def _count(name: str, n: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(n)
-
-
-def _beam_ts(ms: int) -> Timestamp:
+def beam_timestamp(ms: int) -> Timestamp:
     return Timestamp(micros=ms * 1000)
 
 
@@ -55,7 +48,7 @@ class ReadFileFn(beam.DoFn):
 
     def process(self, path: str) -> Iterator[Any]:
         for record in read_records(Path(path), self.max_bytes, self.progress):
-            _count("events_in")
+            METRICS.events_in.inc()
             yield record
 
 
@@ -74,14 +67,15 @@ class CleanFn(beam.DoFn):
         if isinstance(result, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD, result)
         else:
-            yield TimestampedValue((result.customer_key, result), _beam_ts(result.ts))
+            yield TimestampedValue((result.customer_key, result), beam_timestamp(result.ts))
 
 
 class CustomerFn(beam.DoFn):
     """Per-customer state and timers; behaviour delegated to :class:`CustomerLogic`.
 
     ``clock`` holds ``(clock, wake, end)``: the customer's event time, the tick timer currently set,
-    and the end of event time (input end or ``--as-of``; None on live input).
+    and the end of event time (input end or ``--as-of``; None on live input, where ``stop_clock``
+    tells it once the source has stopped).
     """
 
     STATE = ReadModifyWriteStateSpec("customer", PickleCoder())
@@ -90,10 +84,11 @@ class CustomerFn(beam.DoFn):
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
-    def __init__(self, rules: RuleSet, stream: StreamConfig, bounded: bool) -> None:
+    def __init__(self, rules: RuleSet, stream: StreamConfig, bounded: bool, stop_clock: StopClock | None) -> None:
         self.rules = rules
         self.stream = stream
         self.bounded = bounded
+        self.stop_clock = stop_clock
 
     def setup(self) -> None:
         self.logic = CustomerLogic(self.rules, self.stream)
@@ -114,12 +109,11 @@ class CustomerFn(beam.DoFn):
             final.set(GlobalWindow().max_timestamp())
         late, timer = self.logic.admit(meta[0], meta[1], event)
         if late:
-            _count("dead_letter:late")
             yield beam.pvalue.TaggedOutput(DEAD, self.logic.late_letter(event))
             return
         pending.add(event)
         if timer is not None:
-            tick.set(_beam_ts(timer))
+            tick.set(beam_timestamp(timer))
             meta = (meta[0], timer, end)
         clock.write(meta)
 
@@ -148,37 +142,35 @@ class CustomerFn(beam.DoFn):
         yield from self._advance(key, fired.micros // 1000, state, clock, pending, tick)
         customer = state.read()
         if customer is not None:
-            _count("customers")
+            METRICS.customers.inc()
             yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
 
     def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:
         meta = clock.read()
+        end = meta[2] if self.stop_clock is None else self.stop_clock.stop_at()
         events = list(pending.read())
         customer = state.read() or self.logic.new_state(key)
-        step = self.logic.on_timer(customer, events, fired_at, meta[2], self.bounded)
+        step = self.logic.on_timer(customer, events, fired_at, end, self.bounded)
         pending.clear()
         for event in step.remaining:
             pending.add(event)
         if step.wake is not None:
-            tick.set(_beam_ts(step.wake))
+            tick.set(beam_timestamp(step.wake))
         clock.write((customer.clock, step.wake, meta[2]))
         state.write(customer)
-        _count("accepted", len(step.accepted))
-        _count("duplicates", len(step.duplicates))
-        for event in step.accepted:
-            METRICS.events.labels(event.type, "accepted").inc()
-        for event in step.duplicates:
-            METRICS.events.labels(event.type, "duplicate").inc()
+        METRICS.record_step(step)
         for change in step.changes:
-            _count(f"change:{change.segment}:{change.change}")
-            METRICS.changes.labels(change.segment, change.change).inc()
             yield beam.pvalue.TaggedOutput(CHANGES, change)
         if step.touched:
             yield beam.pvalue.TaggedOutput(PROFILES, self.logic.profile(customer))
+        if not self.bounded:
+            for event in step.accepted + step.duplicates:
+                yield beam.pvalue.TaggedOutput(ACKS, (event.source, event.position))
 
 
 class WriteRedisFn(beam.DoFn):
-    """Changes and profiles to Redis in pipelined, seq-guarded batches (one per bundle or 1,000)."""
+    """Changes, profiles and dead letters to Redis in pipelined, seq-guarded batches (one per bundle
+    or 1,000 items); live-stream entries are acknowledged in the same batch, after their effects."""
 
     def __init__(self, redis_url: str, prefix: str, batch_size: int = 1000) -> None:
         self.redis_url = redis_url
@@ -191,20 +183,32 @@ class WriteRedisFn(beam.DoFn):
     def start_bundle(self) -> None:
         self.changes: list[Any] = []
         self.profiles: dict[str, dict[str, Any]] = {}
+        self.dead: list[DeadLetter] = []
+        self.acks: list[tuple[str, str, str]] = []
 
     def process(self, item: tuple[str, Any]) -> Iterator[Any]:
         kind, value = item
         if kind == CHANGES:
             self.changes.append(value)
-        else:
+        elif kind == PROFILES:
             self.profiles[value["customer_id"]] = value
-        if len(self.changes) + len(self.profiles) >= self.batch_size:
+        elif kind == DEAD:
+            self.dead.append(value)
+            self._ack(value.source, value.position)
+        else:
+            self._ack(*value)
+        if len(self.changes) + len(self.profiles) + len(self.dead) + len(self.acks) >= self.batch_size:
             self.finish_bundle()
         yield from ()
 
+    def _ack(self, source: str, position: str) -> None:
+        target = ack_target(source, position)
+        if target is not None:
+            self.acks.append(target)
+
     def finish_bundle(self) -> None:
-        if self.changes or self.profiles:
-            self.sink.write(self.changes, self.profiles.values())
+        if self.changes or self.profiles or self.dead or self.acks:
+            self.sink.write(self.changes, self.profiles.values(), self.dead, self.acks)
         self.start_bundle()
 
 
@@ -232,13 +236,16 @@ def _latest(times: Any) -> int:
     return max(times, default=0)
 
 
-def _dead_letter_counter(letter: DeadLetter) -> DeadLetter:
-    METRICS.dead_letters.labels(letter.reason).inc()
-    return letter
+def _count_dead_letter(letter: DeadLetter) -> None:
+    METRICS.record_dead_letter(letter)  # the process-wide registry (a bound method would pickle a copy)
 
 
-def build(pipeline: beam.Pipeline, spec: JobSpec, records: beam.PCollection, bounded: bool) -> None:
-    """Wire the topology from ``records`` (a PCollection of :class:`RawRecord`) to every sink."""
+def build(spec: JobSpec, records: beam.PCollection, bounded: bool, stop_clock: StopClock | None = None) -> None:
+    """Wire the topology from ``records`` (a PCollection of :class:`RawRecord`) to every sink.
+
+    ``bounded``: a finite input (timers fire once it is all read, up to its end or ``--as-of``).
+    Otherwise ``stop_clock`` caps event time once the live source stops.
+    """
     config = spec.config
     cleaned = records | "Clean" >> (
         beam.ParDo(CleanFn(config.cleaning, spec.now_ms))
@@ -253,14 +260,16 @@ def build(pipeline: beam.Pipeline, spec: JobSpec, records: beam.PCollection, bou
     else:
         end_side = None
     segmented = events | "Segment" >> beam.ParDo(
-        CustomerFn(config.rules, config.stream, bounded), end_side
-    ).with_input_types(beam.typehints.Tuple[str, Any], Any).with_outputs(DEAD, CHANGES, PROFILES, FINAL)
+        CustomerFn(config.rules, config.stream, bounded, stop_clock), end_side
+    ).with_input_types(beam.typehints.Tuple[str, Any], Any).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS)
     dead = (cleaned[DEAD], segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
-    _ = dead | "CountDeadLetters" >> beam.Map(lambda d: _count(f"dead_letter:{d.reason}") or _dead_letter_counter(d))
+    _ = dead | "CountDeadLetters" >> beam.Map(_count_dead_letter)
     to_redis = (
         segmented[CHANGES] | "TagChanges" >> beam.Map(lambda c: (CHANGES, c)),
         segmented[PROFILES] | "TagProfiles" >> beam.Map(lambda p: (PROFILES, p)),
         segmented[FINAL] | "TagFinal" >> beam.Map(lambda p: (PROFILES, p)),
+        dead | "TagDeadLetters" >> beam.Map(lambda d: (DEAD, d)),
+        segmented[ACKS] | "TagAcks" >> beam.Map(lambda a: (ACKS, a)),
     ) | "ToRedis" >> beam.Flatten()
     _ = to_redis | "WriteRedis" >> beam.ParDo(WriteRedisFn(spec.redis_url, spec.redis_prefix))
     for name, pcoll, path in (
@@ -272,22 +281,7 @@ def build(pipeline: beam.Pipeline, spec: JobSpec, records: beam.PCollection, bou
             _ = pcoll | f"Write{name}" >> beam.ParDo(WriteJsonLinesFn(str(path)))
 
 
-def _counts(result: Any) -> RunCounts:
-    counts = RunCounts()
-    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        name = counter.key.metric.name
-        value = counter.committed if counter.committed is not None else counter.attempted
-        if name.startswith("dead_letter:"):
-            counts.add_dead_letter(name.split(":", 1)[1], value)
-        elif name.startswith("change:"):
-            _, segment, change = name.split(":")
-            counts.add_change(segment, change, value)
-        else:
-            counts.add(name, value)
-    return counts
-
-
-def run_file(spec: JobSpec, beam_args: list[str] | None = None) -> RunCounts:
+def run_file(spec: JobSpec, beam_args: list[str] | None = None) -> None:
     """Replay a file through the topology on the DirectRunner (bounded: timers fire at the input's end)."""
     options = PipelineOptions(beam_args or ["--runner=DirectRunner", "--direct_num_workers=1"])
     pipeline = beam.Pipeline(options=options)
@@ -296,7 +290,5 @@ def run_file(spec: JobSpec, beam_args: list[str] | None = None) -> RunCounts:
         | "Source" >> beam.Create([spec.source])
         | "Read" >> beam.ParDo(ReadFileFn(spec.config.cleaning.max_record_bytes, spec.progress))
     )
-    build(pipeline, spec, records, bounded=True)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return _counts(result)
+    build(spec, records, bounded=True)
+    pipeline.run().wait_until_finish()

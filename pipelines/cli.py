@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ from typing import Any
 import click
 
 from pipelines.job import JobSpec
+from pipelines.metrics import METRICS
 from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import RedisUnavailable, connect, start_embedded
+from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
 from pipelines.sources import SourceError, check_source
 from transforms.adapters import ADAPTERS
 from transforms.config import SALT_ENV, ConfigError, JobConfig, load_config
@@ -58,24 +62,50 @@ def _redis(url: str | None, state_dir: Path) -> tuple[str, Any]:
         raise UserError(str(error)) from None
 
 
+def _run_live(spec: JobSpec, engine: str) -> None:
+    """Consume a live stream until SIGINT/SIGTERM, serving /metrics meanwhile."""
+    if engine != "beam":
+        raise UserError("live sources (redis-stream://) run on --engine beam")
+    try:
+        stream = StreamSpec.parse(spec.source)
+        StreamReader(stream)  # checks the server and creates the consumer group
+    except (ValueError, RedisUnavailable) as error:
+        raise UserError(str(error)) from None
+    from pipelines.beam_live import STOP, run_stream
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: STOP.set())
+    if spec.metrics_port is not None:
+        METRICS.serve(spec.metrics_port, spec.metrics_address)
+    click.echo(f"consuming {stream.stream} as {stream.group}/{stream.consumer}; Ctrl-C drains and stops", err=True)
+    METRICS.live = True
+    run_stream(spec, uuid.uuid4().hex)
+
+
 def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     """Run ``spec`` on ``engine``; return the run summary (also written to Redis and --summary-out)."""
-    try:
-        check_source(Path(spec.source))
-    except SourceError as error:
-        raise UserError(str(error)) from None
+    live = is_stream_source(spec.source)
+    if not live:
+        try:
+            check_source(Path(spec.source))
+        except SourceError as error:
+            raise UserError(str(error)) from None
     outputs = spec.outputs
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
+    before = METRICS.snapshot()
     started = time.perf_counter()
-    if engine == "beam":
+    if live:
+        _run_live(spec, engine)
+    elif engine == "beam":
         from pipelines.beam_pipeline import run_file
 
-        counts = run_file(spec)
+        run_file(spec)
     else:
         from pipelines.core_engine import CoreEngine
         from pipelines.outputs import OutputSink
 
-        counts = CoreEngine(spec, OutputSink(spec.redis_url, outputs, spec.redis_prefix)).run()
+        CoreEngine(spec, OutputSink(spec.redis_url, outputs, spec.redis_prefix)).run()
+    counts = METRICS.snapshot().minus(before)
     summary = counts.summary(time.perf_counter() - started, engine, spec.config.rules.version)
     from pipelines.redis_store import RedisSink
 
@@ -150,11 +180,20 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--source", required=True, help="Input: a .jsonl, .jsonl.gz or .avro file.")
+@click.option(
+    "--source",
+    required=True,
+    help="Input: a .jsonl, .jsonl.gz or .avro file, or redis-stream://HOST:PORT/STREAM[?group=G] (live: "
+    "runs until SIGINT/SIGTERM, then drains, acknowledges and exits 0).",
+)
 @common_options
 @click.option("--as-of", help="After the input ends, advance event time to this RFC 3339 time (fires timers).")
 @click.option("--now", help="Processing clock for the 'too far in the future' check (default: wall clock).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+@click.option(
+    "--metrics-port", type=int, default=9464, show_default=True, help="Live runs serve /metrics on this port."
+)
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, help="Address /metrics binds to.")
 def run(
     source: str,
     engine: str,
@@ -169,6 +208,8 @@ def run(
     as_of: str | None,
     now: str | None,
     progress: bool | None,
+    metrics_port: int,
+    metrics_address: str,
 ) -> None:
     """Run the job over SOURCE and print the summary."""
     config = _load_config(config_path)
@@ -182,6 +223,8 @@ def run(
         as_of=_timestamp(as_of, "--as-of"),
         progress=sys.stderr.isatty() if progress is None else progress,
         redis_prefix=redis_prefix,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
     )
     print_summary(execute(spec, engine))
 

@@ -16,7 +16,6 @@ from pipelines.sources import read_records
 from transforms.customer import CustomerState, Step
 from transforms.dead_letters import DeadLetter
 from transforms.events import Event
-from transforms.summary import RunCounts
 
 
 class CoreEngine:
@@ -27,31 +26,30 @@ class CoreEngine:
         self.sink = sink
         self.cleaner = spec.cleaner()
         self.logic = spec.logic()
-        self.counts = RunCounts()
         self.states: dict[str, CustomerState] = {}
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
         self.timers: list[tuple[int, str]] = []
 
-    def run(self) -> RunCounts:
+    def run(self) -> None:
         max_ts: int | None = None
         out_of_order = self.spec.config.stream.max_out_of_orderness_ms
         for record in read_records(
             Path(self.spec.source), self.spec.config.cleaning.max_record_bytes, self.spec.progress
         ):
             event = clean_record(self.cleaner, record, self.spec.now_ms)
-            self.counts.add("events_in")
+            METRICS.events_in.inc()
             if isinstance(event, DeadLetter):
                 self._dead_letter(event)
                 continue
             self._admit(event)
             if max_ts is None or event.ts > max_ts:
                 max_ts = event.ts
-                self._fire(max_ts - out_of_order, end=None, bounded=False)
+                # Like Flink's bounded out-of-orderness: an event at exactly the bound may still come.
+                self._fire(max_ts - out_of_order - 1, end=None, bounded=False)
         if max_ts is not None:
             self._finish(max(max_ts, self.spec.as_of or max_ts))
         self.sink.close()
-        return self.counts
 
     def _finish(self, end: int) -> None:
         """Input done: every customer goes to ``end`` (timers up to it fire), then its final profile."""
@@ -60,7 +58,7 @@ class CoreEngine:
         for key, state in self.states.items():
             self._emit(key, self.logic.on_timer(state, self.pending.pop(key, []), end, end, bounded=True))
             self.sink.final_profile(self.logic.profile(state))
-            self.counts.add("customers")
+            METRICS.customers.inc()
 
     def _admit(self, event: Event) -> None:
         key = event.customer_key
@@ -93,18 +91,12 @@ class CoreEngine:
             self.pending[key] = step.remaining
         if step.wake is not None:
             self._set_timer(key, step.wake)
-        for event in step.accepted:
-            METRICS.events.labels(event.type, "accepted").inc()
-        for event in step.duplicates:
-            METRICS.events.labels(event.type, "duplicate").inc()
-        self.counts.add("accepted", len(step.accepted))
-        self.counts.add("duplicates", len(step.duplicates))
+        METRICS.record_step(step)
         for change in step.changes:
-            self.counts.add_change(change.segment, change.change)
             self.sink.change(change)
         if step.touched:
             self.sink.profile(self.logic.profile(self.states[key]))
 
     def _dead_letter(self, letter: DeadLetter) -> None:
-        self.counts.add_dead_letter(letter.reason)
+        METRICS.record_dead_letter(letter)
         self.sink.dead_letter(letter)

@@ -26,6 +26,7 @@ class JobSpec:
     progress: bool = False
     redis_prefix: str = "segstream"
     metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
 
     def cleaner(self) -> Cleaner:
         return Cleaner(self.config.cleaning)

@@ -1,12 +1,21 @@
-"""Prometheus metrics fed by the drivers; live runs serve them on ``/metrics``.
+"""Prometheus metrics fed by every driver; the run summary is read back from them.
 
-One registry per process (:data:`METRICS`). Event-to-change latency and watermark lag are wall-clock
-measures, observed in live runs only (a replay of last year's data would report a year of lag).
+One registry per process (:data:`METRICS`); live runs serve it on ``/metrics``. Event-to-change
+latency and watermark lag are wall-clock measures, observed in live runs only (a replay of last
+year's data would report a year of lag). On a distributed runner each worker process has its own
+registry; the summary printed by the command line covers in-process runners (DirectRunner, core).
 """
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from transforms.changes import SegmentChange
+from transforms.customer import Step
+from transforms.dead_letters import DeadLetter
+from transforms.summary import RunCounts
 
 
 class JobMetrics:
@@ -14,9 +23,10 @@ class JobMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.events_in = Counter("segstream_events_in", "Records read from the sources", registry=self.registry)
         self.events = Counter(
             "segstream_events",
-            "Events by type and outcome (accepted, duplicate, dead_letter)",
+            "Events by type and outcome (accepted, duplicate)",
             ["type", "outcome"],
             registry=self.registry,
         )
@@ -29,6 +39,9 @@ class JobMetrics:
             ["segment", "change"],
             registry=self.registry,
         )
+        self.customers = Counter(
+            "segstream_customers_finalized", "Customers whose final profile was written", registry=self.registry
+        )
         self.latency = Histogram(
             "segstream_event_to_change_seconds",
             "Wall-clock time from event time to emitted change (live runs)",
@@ -40,6 +53,45 @@ class JobMetrics:
             "Wall clock minus the event-time watermark (live runs)",
             registry=self.registry,
         )
+        self.live = False
+
+    def record_step(self, step: Step) -> None:
+        """Count what one keyed step did."""
+        for event in step.accepted:
+            self.events.labels(event.type, "accepted").inc()
+        for event in step.duplicates:
+            self.events.labels(event.type, "duplicate").inc()
+        for change in step.changes:
+            self.record_change(change)
+
+    def record_change(self, change: SegmentChange) -> None:
+        self.changes.labels(change.segment, change.change).inc()
+        if self.live:
+            self.latency.observe(max(0.0, time.time() - change.event_time / 1000))
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.labels(letter.reason).inc()
+
+    def snapshot(self) -> RunCounts:
+        """Totals so far, as :class:`RunCounts` (subtract an earlier snapshot for one run)."""
+        counts = RunCounts()
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                n = int(sample.value)
+                labels = sample.labels
+                if metric.name == "segstream_events_in":
+                    counts.add("events_in", n)
+                elif metric.name == "segstream_events":
+                    counts.add("accepted" if labels["outcome"] == "accepted" else "duplicates", n)
+                elif metric.name == "segstream_dead_letters":
+                    counts.add_dead_letter(labels["reason"], n)
+                elif metric.name == "segstream_segment_changes":
+                    counts.add_change(labels["segment"], labels["change"], n)
+                elif metric.name == "segstream_customers_finalized":
+                    counts.add("customers", n)
+        return counts
 
     def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``address:port`` in a background thread."""

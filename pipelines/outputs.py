@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pipelines.metrics import METRICS
 from pipelines.redis_store import RedisSink, connect
 from transforms.changes import SegmentChange
 from transforms.dead_letters import DeadLetter
@@ -69,7 +68,6 @@ class OutputSink:
     def change(self, change: SegmentChange) -> None:
         self._changes.append(change)
         self.change_file.write(change.to_dict())
-        METRICS.changes.labels(change.segment, change.change).inc()
         self._maybe_flush()
 
     def profile(self, profile: dict[str, Any]) -> None:
@@ -83,7 +81,6 @@ class OutputSink:
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letter_file.write(letter.to_dict())
-        METRICS.dead_letters.labels(letter.reason).inc()
 
     def _maybe_flush(self) -> None:
         if len(self._changes) + len(self._profiles) >= self.batch_size:

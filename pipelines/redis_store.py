@@ -5,6 +5,7 @@ Key layout (``prefix`` defaults to ``segstream``)::
     {prefix}:profile:{customer_id}   hash: profile (JSON), seq, as_of, change_seq
     {prefix}:segment:{segment}       set of customer ids currently in the segment
     {prefix}:changes                 stream of segment changes: fields change_id, change (JSON)
+    {prefix}:dead_letters            stream of dead letters: fields reason, dead_letter (JSON)
     {prefix}:run:summary             JSON of the last run summary
 
 A profile is written only if its (seq, as_of) is not older than the stored one, and a change is
@@ -22,6 +23,7 @@ from typing import Any
 import redis
 
 from transforms.changes import SegmentChange
+from transforms.dead_letters import DeadLetter
 
 _PROFILE_SCRIPT = """
 local seq = tonumber(ARGV[1])
@@ -83,6 +85,35 @@ def redact(url: str) -> str:
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
+class StopClock:
+    """Where a live source records the event time it stopped at, so timers past it do not fire
+    during the drain (a drained engine advances its watermark to the end of time)."""
+
+    def __init__(self, redis_url: str, key: str) -> None:
+        self.redis_url = redis_url
+        self.key = key
+        self._client: redis.Redis | None = None
+        self._value: int | None = None
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.redis_url)
+        return self._client
+
+    def mark(self, ts: int) -> None:
+        self._redis().set(self.key, ts, ex=7 * 86_400)
+
+    def stop_at(self) -> int | None:
+        """The recorded stop time, or None while the source runs (cached once known)."""
+        if self._value is None:
+            value = self._redis().get(self.key)
+            self._value = int(value) if value is not None else None
+        return self._value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"redis_url": self.redis_url, "key": self.key, "_client": None, "_value": None}
+
+
 class RedisSink:
     """Writes changes and profiles in pipelined batches through the seq-guarded scripts."""
 
@@ -103,8 +134,16 @@ class RedisSink:
     def changes_key(self) -> str:
         return f"{self.prefix}:changes"
 
-    def write(self, changes: Iterable[SegmentChange], profiles: Iterable[dict[str, Any]]) -> int:
-        """Apply ``changes`` (in order) then ``profiles`` in one pipeline; return changes applied."""
+    def write(
+        self,
+        changes: Iterable[SegmentChange],
+        profiles: Iterable[dict[str, Any]],
+        dead_letters: Iterable[DeadLetter] = (),
+        acks: Iterable[tuple[str, str, str]] = (),
+    ) -> int:
+        """Apply ``changes`` (in order), ``profiles`` and ``dead_letters``, then acknowledge ``acks``
+        (``(stream, group, entry id)``: their effects are written first), in one pipeline.
+        Return the number of changes applied (0 for a replayed change)."""
         pipe = self.client.pipeline(transaction=False)
         n_changes = 0
         for change in changes:
@@ -127,7 +166,16 @@ class RedisSink:
                 args=[profile["seq"], profile["as_of"] or 0, json.dumps(profile)],
                 client=pipe,
             )
-        results = pipe.execute() if n_changes or pipe.command_stack else []
+        for letter in dead_letters:
+            pipe.xadd(
+                f"{self.prefix}:dead_letters",
+                {"reason": letter.reason, "dead_letter": json.dumps(letter.to_dict())},
+                maxlen=self.stream_maxlen,
+                approximate=True,
+            )
+        for stream, group, entry_id in acks:
+            pipe.xack(stream, group, entry_id)
+        results = pipe.execute() if pipe.command_stack else []
         return sum(int(r) for r in results[:n_changes])
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def check_source(path: Path) -> None:
         with path.open("rb") as handle:
             try:
                 fastavro.reader(handle)
-            except (ValueError, EOFError, StopIteration) as error:
+            except Exception as error:  # fastavro raises many types on a bad header (KeyError, SchemaParseException...)
                 raise SourceError(f"{path}: not a readable Avro container file ({error})") from None
 
 
@@ -90,7 +90,7 @@ def _avro(handle: BinaryIO, source: str) -> Iterator[RawRecord]:
     try:
         for number, record in enumerate(fastavro.reader(handle), start=1):
             yield RawRecord(source, f"record {number}", _from_avro(record))
-    except (ValueError, EOFError, OSError) as error:
+    except Exception as error:  # ValueError, EOFError, IndexError, zlib.error, MemoryError... from a corrupt block
         # A corrupt block: nothing after it can be decoded. It is reported, never silently dropped.
         yield RawRecord(
             source,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,9 @@ KNOWN_FIELDS = frozenset(
     }
 )
 DAY_MS = 86_400_000
+# An address-shaped token in raw text (a line that is not JSON, an oversized line's head).
+_EMAIL_IN_TEXT = re.compile(r"[^\s@\"'\\,;:<>()\[\]{}]+@[^\s@\"'\\,;:<>()\[\]{}]+")
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,7 @@ def _number(record: dict[str, Any], name: str, required: bool = False) -> float 
         raise Rejection(Reason.WRONG_TYPE, name, f"{name} must be a number")
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise Rejection(Reason.INVALID_NUMBER, name, f"{name} is not a number") from None
     if not math.isfinite(number):
         raise Rejection(Reason.INVALID_NUMBER, name, f"{name} must be finite")
@@ -201,7 +205,12 @@ class Cleaner:
                 event_time = parse_event_time(record.get("ts"))
             except Rejection:
                 event_time = None
+            if event_time is not None and not _LONG_MIN <= event_time <= _LONG_MAX:
+                event_time = None  # not representable as the Avro long of DeadLetter.event_time
         payload = record if isinstance(record, str) else json.dumps(record, default=repr, ensure_ascii=False)
+        if not isinstance(record, dict):
+            # No field to find the email in: hash every address-shaped token of the text instead.
+            payload = _EMAIL_IN_TEXT.sub(lambda m: hash_email(m.group(), self.config.email_salt), payload)
         return DeadLetter(
             reason=str(rejection.reason),
             field=rejection.field,

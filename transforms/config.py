@@ -74,14 +74,15 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
     stream = _section(document, "stream", _STREAM_KEYS)
     salt = cleaning.get("email_salt") or env.get(SALT_ENV)
     defaults = StreamConfig()
-    max_bytes = cleaning.get("max_record_bytes", CleaningConfig.max_record_bytes)
+    clean_defaults = CleaningConfig(email_salt="")  # slots dataclass: class attributes are not defaults
+    max_bytes = cleaning.get("max_record_bytes", clean_defaults.max_record_bytes)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ConfigError("config: cleaning.max_record_bytes must be a positive integer")
     return JobConfig(
         rules=rules,
         cleaning=CleaningConfig(
             email_salt=str(salt or DEFAULT_EMAIL_SALT),
-            max_future_ms=_duration(cleaning, "max_future", "cleaning", CleaningConfig.max_future_ms),
+            max_future_ms=_duration(cleaning, "max_future", "cleaning", clean_defaults.max_future_ms),
             max_record_bytes=max_bytes,
         ),
         stream=StreamConfig(

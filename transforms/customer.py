@@ -145,9 +145,13 @@ class CustomerLogic:
         return step
 
     def _apply(self, state: CustomerState, event: Event, now: int, step: Step) -> None:
-        if event.event_id in state.recent_event_ids:
+        # The horizon is checked here, not only by _expire_event_ids at the end of advance, so the
+        # outcome does not depend on how event time was split into advance calls.
+        seen = state.recent_event_ids.get(event.event_id)
+        if seen is not None and seen >= now - self.config.dedup_horizon_ms:
             step.duplicates.append(event)
             return
+        state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
         state.features.add(event)
         self._remember_identifiers(state, event)

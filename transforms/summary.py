@@ -36,6 +36,12 @@ class RunCounts:
         self.dead_letters.update(other.dead_letters)
         self.changes.update(other.changes)
 
+    def minus(self, earlier: RunCounts) -> RunCounts:
+        """What was counted since ``earlier`` (a snapshot of the same counters)."""
+        return RunCounts(
+            self.totals - earlier.totals, self.dead_letters - earlier.dead_letters, self.changes - earlier.changes
+        )
+
     def balanced(self) -> bool:
         """Whether every event is accounted for."""
         out = self.totals["accepted"] + self.totals["duplicates"] + sum(self.dead_letters.values())

@@ -38,10 +38,10 @@ def parse_event_time(value: object) -> int:
     if not isinstance(value, str):
         raise _reject(Reason.WRONG_TYPE, f"timestamp must be a string or integer, got {type(value).__name__}")
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit alone accepts '²', which int() rejects
         return int(text)
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case 't' and 'z'
     except ValueError:
         raise _reject(Reason.INVALID_TIMESTAMP, "not RFC 3339 nor epoch milliseconds") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:

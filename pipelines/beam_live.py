@@ -1,0 +1,133 @@
+"""Live runs on Beam's DirectRunner: a Redis stream fed into the streaming topology with real
+event-time watermarks.
+
+The Python DirectRunner holds a splittable DoFn's output watermark at minus infinity while it runs,
+so event-time timers could not fire during a live run. It does honour the watermarks of a
+``TestStream`` that reads its events from a ``TestStreamService`` (the mechanism interactive Beam
+streams with), so the live source is that service: it polls the Redis stream, emits the entries as
+elements, and advances the watermark to the largest event time read minus the allowed
+out-of-orderness. On SIGINT or SIGTERM (:data:`STOP`) it records that largest event time in a
+:class:`StopClock` and ends the stream; the pipeline drains (every event read is applied up to that
+time, its effects written and its entry acknowledged) and the run ends. On Dataflow or the Flink
+runner a production connector (Pub/Sub, Kafka) takes this place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.coders import PickleCoder
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.test_stream_service import TestStreamServiceController
+
+from pipelines.beam_pipeline import build
+from pipelines.job import JobSpec
+from pipelines.metrics import METRICS
+from pipelines.redis_store import StopClock
+from pipelines.redis_stream import StreamReader, StreamSpec
+from pipelines.sources import RawRecord
+from transforms.dead_letters import Reason, Rejection
+from transforms.timestamps import parse_event_time
+
+STOP = threading.Event()
+_Event = beam_runner_api_pb2.TestStreamPayload.Event
+_IDLE_TICK_MICROS = 1_000_000
+
+
+def to_record(spec: StreamSpec, entry_id: str, data: bytes | None, max_bytes: int) -> RawRecord:
+    """A stream entry as a :class:`RawRecord` (decoding failures carry their rejection)."""
+    source = spec.source_name
+    if data is None:
+        return RawRecord(source, entry_id, "", Rejection(Reason.MISSING_FIELD, "event", "entry has no 'event' field"))
+    if len(data) > max_bytes:
+        head = data[:256].decode("utf-8", "replace")
+        return RawRecord(
+            source,
+            entry_id,
+            head,
+            Rejection(Reason.OVERSIZED, None, f"record of {len(data)} bytes exceeds {max_bytes}"),
+        )
+    try:
+        return RawRecord(source, entry_id, orjson.loads(data))
+    except orjson.JSONDecodeError:
+        text = data.decode("utf-8", "replace")
+        return RawRecord(source, entry_id, text, Rejection(Reason.MALFORMED, None, "not valid JSON"))
+
+
+def _event_time(record: RawRecord) -> int | None:
+    if record.error is None and isinstance(record.payload, dict):
+        try:
+            return parse_event_time(record.payload.get("ts"))
+        except Rejection:
+            return None
+    return None
+
+
+class StreamEvents:
+    """The ``TestStreamService`` reader: Redis stream entries as elements and watermark events."""
+
+    def __init__(self, spec: StreamSpec, out_of_orderness_ms: int, max_bytes: int, stop_clock: StopClock) -> None:
+        self.spec = spec
+        self.out_of_orderness_ms = out_of_orderness_ms
+        self.max_bytes = max_bytes
+        self.stop_clock = stop_clock
+        self.coder = PickleCoder()
+
+    def read_multiple(self, _tags: Any) -> Iterator[Any]:
+        reader = StreamReader(self.spec)
+        max_ts: int | None = None
+        watermark = 0
+        while not STOP.is_set():
+            entries = reader.read()
+            if not entries:
+                yield _Event(processing_time_event=_Event.AdvanceProcessingTime(advance_duration=_IDLE_TICK_MICROS))
+                continue
+            elements = []
+            for entry_id, data in entries:
+                METRICS.events_in.inc()
+                record = to_record(self.spec, entry_id, data, self.max_bytes)
+                ts = _event_time(record)
+                if ts is not None:
+                    max_ts = ts if max_ts is None else max(max_ts, ts)
+                stamp = max(ts if ts is not None else watermark, watermark, 0)
+                elements.append(
+                    beam_runner_api_pb2.TestStreamPayload.TimestampedElement(
+                        encoded_element=self.coder.encode(record), timestamp=stamp * 1000
+                    )
+                )
+            yield _Event(element_event=_Event.AddElements(elements=elements))
+            if max_ts is not None and max_ts - self.out_of_orderness_ms - 1 > watermark:
+                watermark = max_ts - self.out_of_orderness_ms - 1
+                yield _Event(watermark_event=_Event.AdvanceWatermark(new_watermark=watermark * 1000))
+                METRICS.watermark_lag.set(max(0.0, _wall_seconds() - watermark / 1000))
+        self.stop_clock.mark(max_ts if max_ts is not None else 0)
+
+
+def _wall_seconds() -> float:
+    from time import time
+
+    return time()
+
+
+def run_stream(spec: JobSpec, run_id: str) -> None:
+    """Consume ``spec.source`` (a redis-stream:// URL) until :data:`STOP` is set, then drain."""
+    stream = StreamSpec.parse(spec.source)
+    stop_clock = StopClock(spec.redis_url, f"{spec.redis_prefix}:run:{run_id}:stop_at")
+    events = StreamEvents(
+        stream, spec.config.stream.max_out_of_orderness_ms, spec.config.cleaning.max_record_bytes, stop_clock
+    )
+    service = TestStreamServiceController(events)
+    service.start()
+    try:
+        pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--streaming"]))
+        records = pipeline | "ReadStream" >> TestStream(coder=PickleCoder(), endpoint=service.endpoint)
+        build(spec, records, bounded=False, stop_clock=stop_clock)
+        pipeline.run().wait_until_finish()
+    finally:
+        service.stop()
