@@ -42,6 +42,17 @@ def _timestamp(value: str | None, option: str) -> int | None:
         raise UserError(f"{option}: {value!r} is not RFC 3339 with an offset nor epoch milliseconds") from None
 
 
+def _check_source(source: str) -> None:
+    """Fail fast on a source that cannot be read, before anything starts."""
+    try:
+        if is_stream_source(source):
+            StreamSpec.parse(source)
+        else:
+            check_source(Path(source))
+    except (SourceError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
 def _load_config(path: Path | None) -> JobConfig:
     try:
         config = load_config(path)
@@ -66,10 +77,10 @@ def _run_live(spec: JobSpec, engine: str) -> None:
     """Consume a live stream until SIGINT/SIGTERM, serving /metrics meanwhile."""
     if engine != "beam":
         raise UserError("live sources (redis-stream://) run on --engine beam")
+    stream = StreamSpec.parse(spec.source)
     try:
-        stream = StreamSpec.parse(spec.source)
         StreamReader(stream)  # checks the server and creates the consumer group
-    except (ValueError, RedisUnavailable) as error:
+    except RedisUnavailable as error:
         raise UserError(str(error)) from None
     from pipelines.beam_live import STOP, run_stream
 
@@ -85,11 +96,6 @@ def _run_live(spec: JobSpec, engine: str) -> None:
 def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     """Run ``spec`` on ``engine``; return the run summary (also written to Redis and --summary-out)."""
     live = is_stream_source(spec.source)
-    if not live:
-        try:
-            check_source(Path(spec.source))
-        except SourceError as error:
-            raise UserError(str(error)) from None
     outputs = spec.outputs
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
     before = METRICS.snapshot()
@@ -212,15 +218,18 @@ def run(
     metrics_address: str,
 ) -> None:
     """Run the job over SOURCE and print the summary."""
+    _check_source(source)
     config = _load_config(config_path)
+    now_ms = _timestamp(now, "--now") or int(datetime.now(UTC).timestamp() * 1000)
+    as_of_ms = _timestamp(as_of, "--as-of")
     url, _server = _redis(redis_url, state_dir)
     spec = JobSpec(
         source=source,
         config=config,
         redis_url=url,
         outputs=OutputPaths(changes_out, profiles_out, dead_letter_out, summary_out),
-        now_ms=_timestamp(now, "--now") or int(datetime.now(UTC).timestamp() * 1000),
-        as_of=_timestamp(as_of, "--as-of"),
+        now_ms=now_ms,
+        as_of=as_of_ms,
         progress=sys.stderr.isatty() if progress is None else progress,
         redis_prefix=redis_prefix,
         metrics_port=metrics_port,

@@ -126,11 +126,11 @@ RULE_ERRORS: list[tuple[str, object, list[str]]] = [
     ("string value", {"feature": "spend", ">": "100"}, ["rule 'seg'", "spend > needs a number, got '100'"]),
     ("boolean value", {"feature": "orders", "==": True}, ["rule 'seg'", "orders == needs a number, got True"]),
     ("list condition", ["since", "last.purchase"], ["rule 'seg'", "a condition must be a mapping, got list"]),
-    ("nested non-mapping", {"all": ["spend"]}, ["rule 'seg'", "seg.all[0]: a condition must be a mapping, got str"]),
+    ("nested non-mapping", {"all": ["spend"]}, ["rule 'seg' at all[0]: a condition must be a mapping, got str"]),
     ("empty all", {"all": []}, ["rule 'seg'", "'all' needs a non-empty list"]),
     ("empty any", {"any": []}, ["rule 'seg'", "'any' needs a non-empty list"]),
     ("any not a list", {"any": {"feature": "spend", ">": 1}}, ["'any' needs a non-empty list"]),
-    ("nested error path", {"not": {"any": [{"feature": "x", ">": 1}]}}, ["seg.not.any[0]", "unknown numeric feature"]),
+    ("nested error path", {"not": {"any": [{"feature": "x", ">": 1}]}}, ["at not.any[0]", "unknown numeric feature"]),
     ("since without bound", {"since": "last.purchase"}, ["rule 'seg'", "cannot read condition with keys ['since']"]),
     ("mixed keys", {"feature": "spend", ">": 1, "<": 5}, ["cannot read condition with keys ['<', '>', 'feature']"]),
 ]

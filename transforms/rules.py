@@ -230,6 +230,11 @@ def parse_rules(document: object) -> RuleSet:
         try:
             segments[name] = _parse_condition(spec, name)
         except ValueError as error:
+            where, _, problem = str(error).partition(": ")
+            if where == name:
+                raise RuleError(f"rule {name!r}: {problem}") from None
+            if where.startswith(name + "."):
+                raise RuleError(f"rule {name!r} at {where.removeprefix(name + '.')}: {problem}") from None
             raise RuleError(f"rule {name!r}: {error}") from None
     if not segments:
         raise RuleError("rules: no segments defined")
