@@ -24,7 +24,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.outputs import JsonLinesWriter
-from pipelines.redis_store import RedisSink, StopClock, connect
+from pipelines.redis_store import RedisSink, StopClock, shared_client
 from pipelines.redis_stream import ack_target
 from pipelines.sources import read_records
 from transforms.cleaning import Cleaner, CleaningConfig
@@ -178,7 +178,7 @@ class WriteRedisFn(beam.DoFn):
         self.batch_size = batch_size
 
     def setup(self) -> None:
-        self.sink = RedisSink(connect(self.redis_url), self.prefix)
+        self.sink = RedisSink(shared_client(self.redis_url), self.prefix)
 
     def start_bundle(self) -> None:
         self.changes: list[Any] = []

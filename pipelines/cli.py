@@ -14,14 +14,16 @@ from typing import Any
 
 import click
 
+from pipelines.core_engine import CoreEngine
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
-from pipelines.outputs import OutputPaths, truncate
-from pipelines.redis_store import RedisUnavailable, connect, start_embedded
+from pipelines.outputs import OutputPaths, OutputSink, truncate
+from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded
 from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
 from pipelines.sources import SourceError, check_source
 from transforms.adapters import ADAPTERS
 from transforms.config import SALT_ENV, ConfigError, JobConfig, load_config
+from transforms.dead_letters import Rejection
 from transforms.timestamps import parse_event_time
 
 ENGINES = ("beam", "core")
@@ -38,7 +40,7 @@ def _timestamp(value: str | None, option: str) -> int | None:
         return None
     try:
         return parse_event_time(value)
-    except Exception:
+    except Rejection:
         raise UserError(f"{option}: {value!r} is not RFC 3339 with an offset nor epoch milliseconds") from None
 
 
@@ -67,7 +69,7 @@ def _redis(url: str | None, state_dir: Path) -> tuple[str, Any]:
     try:
         if url is None:
             return start_embedded(state_dir)
-        connect(url).close()
+        shared_client(url)
         return url, None
     except RedisUnavailable as error:
         raise UserError(str(error)) from None
@@ -107,15 +109,10 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
 
         run_file(spec)
     else:
-        from pipelines.core_engine import CoreEngine
-        from pipelines.outputs import OutputSink
-
         CoreEngine(spec, OutputSink(spec.redis_url, outputs, spec.redis_prefix)).run()
     counts = METRICS.snapshot().minus(before)
     summary = counts.summary(time.perf_counter() - started, engine, spec.config.rules.version)
-    from pipelines.redis_store import RedisSink
-
-    RedisSink(connect(spec.redis_url), spec.redis_prefix).write_summary(summary)
+    RedisSink(shared_client(spec.redis_url), spec.redis_prefix).write_summary(summary)
     if outputs.summary is not None:
         outputs.summary.parent.mkdir(parents=True, exist_ok=True)
         outputs.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -15,6 +15,7 @@ replay or a restart never moves a reader's view back and never appends a change 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,6 +78,13 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
+@functools.cache
+def shared_client(url: str) -> redis.Redis:
+    """One thread-safe, pooled client per URL and process: runners that re-create DoFns per bundle
+    (the streaming DirectRunner) would otherwise open a connection per bundle."""
+    return connect(url)
+
+
 def redact(url: str) -> str:
     """``url`` without a password (for messages and logs)."""
     if "@" not in url:
@@ -97,7 +105,7 @@ class StopClock:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = connect(self.redis_url)
+            self._client = shared_client(self.redis_url)
         return self._client
 
     def mark(self, ts: int) -> None:
