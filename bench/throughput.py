@@ -254,7 +254,9 @@ def _engine_runner(engine: str, spec: JobSpec) -> Callable[[], None]:
 
 def stage_engine(engine: str, spec: JobSpec, records: int, sampler: RssSampler | None) -> Stage:
     """One engine end to end, from an empty Redis and empty output files; counts from the metrics."""
-    connect(spec.redis_url).flushdb()
+    client = connect(spec.redis_url)
+    client.flushdb()
+    client.close()
     truncate(spec.outputs.changes, spec.outputs.profiles, spec.outputs.dead_letters)
     run = _engine_runner(engine, spec)
     before = METRICS.snapshot()
@@ -401,6 +403,15 @@ def best_of(repeat: int, measure: Callable[[], Stage]) -> Stage:
     return min((measure() for _ in range(repeat)), key=lambda stage: stage.seconds)
 
 
+def engine_best_of(
+    repeat: int, engine: str, spec: JobSpec, records: int, sampler: Callable[[], RssSampler] | None
+) -> Stage:
+    """The fastest of ``repeat`` engine runs, with the memory report of the first (later runs reuse
+    the memory the first one grew, so only the first shows growth)."""
+    runs = [stage_engine(engine, spec, records, sampler() if sampler and i == 0 else None) for i in range(repeat)]
+    return replace(min(runs, key=lambda stage: stage.seconds), memory=runs[0].memory)
+
+
 def run_stages(args: argparse.Namespace, source: Path, workdir: Path) -> dict[str, Stage]:
     """Every stage in order, printing each line as it completes."""
     config = load_config(args.config)
@@ -410,6 +421,8 @@ def run_stages(args: argparse.Namespace, source: Path, workdir: Path) -> dict[st
     stages: dict[str, Stage] = {}
     stages["baseline"] = best_of(repeat, lambda: stage_baseline(source, config.cleaning.max_record_bytes))
     baseline = stages["baseline"]
+    if baseline.records == 0:
+        raise SystemExit(f"{source}: no records to measure")
     print_stage(baseline, baseline)
     stages["cleaning"] = best_of(repeat, lambda: stage_cleaning(source, config, now_ms))
     print_stage(stages["cleaning"], baseline)
@@ -421,12 +434,8 @@ def run_stages(args: argparse.Namespace, source: Path, workdir: Path) -> dict[st
                 continue
             watch = args.memory and args.memory_engine == engine
             spec = make_spec(source, config, url, workdir / engine)
-            runs = [
-                stage_engine(engine, spec, baseline.records, RssSampler(args.interval, redis) if watch and i == 0 else None)
-                for i in range(repeat)
-            ]
-            # Memory is sampled on the first run only: later runs reuse the memory the first one grew.
-            stages[engine] = replace(min(runs, key=lambda stage: stage.seconds), memory=runs[0].memory)
+            sampler = (lambda: RssSampler(args.interval, redis)) if watch else None
+            stages[engine] = engine_best_of(repeat, engine, spec, baseline.records, sampler)
             print_stage(stages[engine], baseline)
     finally:
         server.shutdown()
