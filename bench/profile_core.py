@@ -27,7 +27,6 @@ from throughput import generate_events, make_spec  # the sibling script (bench/ 
 
 from pipelines.core_engine import CoreEngine
 from pipelines.metrics import METRICS
-from pipelines.outputs import OutputSink
 from pipelines.redis_store import start_embedded
 from pipelines.sources import SourceError, check_source
 from transforms.config import load_config
@@ -91,7 +90,7 @@ def profile_run(source: Path, workdir: Path) -> tuple[cProfile.Profile, float, i
     url, server = start_embedded(workdir / "redis")
     try:
         spec = make_spec(source, load_config(None), url, workdir / "core")
-        engine = CoreEngine(spec, OutputSink(spec.redis_url, spec.outputs, spec.redis_prefix))
+        engine = CoreEngine(spec)
         before = METRICS.snapshot()
         profiler = cProfile.Profile()
         started = time.perf_counter()

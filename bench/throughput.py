@@ -4,7 +4,7 @@ Every stage runs in this process, on the same input file, one after the other:
 
 1. baseline: read + JSON decode (``pipelines.sources.read_records``), counting records;
 2. cleaning core: read + ``Cleaner.clean`` per record (``pipelines.job.clean_record``);
-3. core engine end to end: ``CoreEngine(spec, OutputSink(...)).run()`` with embedded Redis and files;
+3. core engine end to end: ``CoreEngine(spec).run()`` with embedded Redis and files;
 4. Beam replay end to end: ``pipelines.beam_pipeline.run_file(spec)`` on the DirectRunner (``--no-beam``
    skips it), with the same Redis (flushed between engines) and file outputs.
 
@@ -48,7 +48,7 @@ import psutil
 
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
-from pipelines.outputs import OutputPaths, OutputSink, truncate
+from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import connect, start_embedded
 from pipelines.sources import SourceError, check_source, read_records
 from transforms.cleaning import Cleaner
@@ -246,7 +246,7 @@ def _engine_runner(engine: str, spec: JobSpec) -> Callable[[], None]:
     if engine == "core":
         from pipelines.core_engine import CoreEngine
 
-        return lambda: CoreEngine(spec, OutputSink(spec.redis_url, spec.outputs, spec.redis_prefix)).run()
+        return lambda: CoreEngine(spec).run()
     from pipelines.beam_pipeline import run_file  # imported outside the timed block
 
     return lambda: run_file(spec)

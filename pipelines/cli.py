@@ -17,7 +17,7 @@ import click
 from pipelines.core_engine import CoreEngine
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
-from pipelines.outputs import OutputPaths, OutputSink, truncate
+from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded
 from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
 from pipelines.sources import SourceError, check_source
@@ -109,7 +109,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
 
         run_file(spec)
     else:
-        CoreEngine(spec, OutputSink(spec.redis_url, outputs, spec.redis_prefix)).run()
+        CoreEngine(spec).run()
     counts = METRICS.snapshot().minus(before)
     summary = counts.summary(time.perf_counter() - started, engine, spec.config.rules.version)
     RedisSink(shared_client(spec.redis_url), spec.redis_prefix).write_summary(summary)

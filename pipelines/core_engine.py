@@ -21,11 +21,11 @@ from transforms.events import Event
 class CoreEngine:
     """Keyed state in dicts, event-time timers in a heap, watermark = max event time - out-of-orderness."""
 
-    def __init__(self, spec: JobSpec, sink: OutputSink) -> None:
+    def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
-        self.sink = sink
         self.cleaner = spec.cleaner()
         self.logic = spec.logic()
+        self.sink = OutputSink(spec.redis_url, spec.outputs, self.logic.profile, spec.redis_prefix)
         self.states: dict[str, CustomerState] = {}
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
@@ -57,7 +57,7 @@ class CoreEngine:
         self.wakes.clear()
         for key, state in self.states.items():
             self._emit(key, self.logic.on_timer(state, self.pending.pop(key, []), end, end, bounded=True))
-            self.sink.final_profile(self.logic.profile(state))
+            self.sink.final_profile(state)
             METRICS.customers.inc()
 
     def _admit(self, event: Event) -> None:
@@ -95,7 +95,7 @@ class CoreEngine:
         for change in step.changes:
             self.sink.change(change)
         if step.touched:
-            self.sink.profile(self.logic.profile(self.states[key]))
+            self.sink.profile(self.states[key])
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         METRICS.record_dead_letter(letter)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipelines.redis_store import RedisSink, connect
+from pipelines.redis_store import RedisSink, shared_client
 from transforms.changes import SegmentChange
+from transforms.customer import CustomerState
 from transforms.dead_letters import DeadLetter
 
 
@@ -48,49 +50,60 @@ class OutputPaths:
     summary: Path | None = None
 
 
-@dataclass
 class OutputSink:
-    """Buffers changes and profile updates to Redis in pipelined batches; appends files."""
+    """Buffers changes, profile updates and dead letters to Redis in pipelined batches; appends files.
 
-    redis_url: str
-    paths: OutputPaths
-    redis_prefix: str = "segstream"
-    batch_size: int = 1000
-    _changes: list[SegmentChange] = field(default_factory=list)
-    _profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    Profiles are rendered (``render``) only when a batch is flushed, once per customer and batch.
+    """
 
-    def __post_init__(self) -> None:
-        self.redis = RedisSink(connect(self.redis_url), self.redis_prefix)
-        self.change_file = JsonLinesWriter(self.paths.changes)
-        self.dead_letter_file = JsonLinesWriter(self.paths.dead_letters)
-        self.profile_file = JsonLinesWriter(self.paths.profiles)
+    def __init__(
+        self,
+        redis_url: str,
+        paths: OutputPaths,
+        render: Callable[[CustomerState], dict[str, Any]],
+        redis_prefix: str = "segstream",
+        batch_size: int = 1000,
+    ) -> None:
+        self.redis = RedisSink(shared_client(redis_url), redis_prefix)
+        self.render = render
+        self.batch_size = batch_size
+        self.change_file = JsonLinesWriter(paths.changes)
+        self.dead_letter_file = JsonLinesWriter(paths.dead_letters)
+        self.profile_file = JsonLinesWriter(paths.profiles)
+        self._changes: list[SegmentChange] = []
+        self._touched: dict[str, CustomerState] = {}
+        self._dead: list[DeadLetter] = []
 
     def change(self, change: SegmentChange) -> None:
         self._changes.append(change)
         self.change_file.write(change.to_dict())
         self._maybe_flush()
 
-    def profile(self, profile: dict[str, Any]) -> None:
-        """Latest profile of a customer (only the newest per customer is kept in a batch)."""
-        self._profiles[profile["customer_id"]] = profile
+    def profile(self, state: CustomerState) -> None:
+        """The customer's profile changed; it is written at the next flush."""
+        self._touched[state.customer_id] = state
         self._maybe_flush()
 
-    def final_profile(self, profile: dict[str, Any]) -> None:
-        self.profile(profile)
-        self.profile_file.write(profile)
+    def final_profile(self, state: CustomerState) -> None:
+        self.profile(state)
+        self.profile_file.write(self.render(state))
 
     def dead_letter(self, letter: DeadLetter) -> None:
+        self._dead.append(letter)
         self.dead_letter_file.write(letter.to_dict())
+        self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if len(self._changes) + len(self._profiles) >= self.batch_size:
+        if len(self._changes) + len(self._touched) + len(self._dead) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        if self._changes or self._profiles:
-            self.redis.write(self._changes, self._profiles.values())
+        if self._changes or self._touched or self._dead:
+            profiles = [self.render(state) for state in self._touched.values()]
+            self.redis.write(self._changes, profiles, self._dead)
             self._changes.clear()
-            self._profiles.clear()
+            self._touched.clear()
+            self._dead.clear()
         for writer in (self.change_file, self.dead_letter_file, self.profile_file):
             writer.flush()
 

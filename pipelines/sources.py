@@ -85,18 +85,22 @@ def _from_avro(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _avro(handle: BinaryIO, source: str) -> Iterator[RawRecord]:
+def _avro(handle: BinaryIO, source: str, tail: bytes) -> Iterator[RawRecord]:
+    """Records of an Avro container; ``tail`` is the file's last 16 bytes (its final sync marker)."""
     number = 0
     try:
-        for number, record in enumerate(fastavro.reader(handle), start=1):
+        reader = fastavro.reader(handle)
+        for number, record in enumerate(reader, start=1):
             yield RawRecord(source, f"record {number}", _from_avro(record))
+        if tail != reader._header["sync"]:  # fastavro stops quietly when a file ends inside a block header
+            raise EOFError("the file ends inside a block (truncated)")
     except Exception as error:  # ValueError, EOFError, IndexError, zlib.error, MemoryError... from a corrupt block
         # A corrupt block: nothing after it can be decoded. It is reported, never silently dropped.
         yield RawRecord(
             source,
             f"after record {number}",
             "",
-            Rejection(Reason.MALFORMED, None, f"corrupt Avro data, rest of file unreadable ({error})"),
+            Rejection(Reason.MALFORMED, None, f"corrupt Avro data, rest of file unreadable ({error or type(error).__name__})"),
         )
 
 
@@ -118,9 +122,15 @@ def read_records(path: Path, max_bytes: int, progress: bool = False) -> Iterator
         if path.name.endswith(".gz"):
             handle = gzip.GzipFile(fileobj=handle)  # type: ignore[assignment]
         if path.name.endswith(".avro"):
-            yield from _avro(handle, source)
+            yield from _avro(handle, source, _last_bytes(path, 16))
         else:
             yield from _jsonl(handle, source, max_bytes)
+
+
+def _last_bytes(path: Path, n: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - n))
+        return handle.read()
 
 
 class _ProgressReader:

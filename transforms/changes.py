@@ -7,7 +7,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -32,4 +32,14 @@ class SegmentChange:
     scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "change_id": self.change_id,
+            "customer_id": self.customer_id,
+            "segment": self.segment,
+            "change": self.change,
+            "seq": self.seq,
+            "event_time": self.event_time,
+            "reason": self.reason,
+            "rules_version": self.rules_version,
+            "scores": dict(self.scores),
+        }
