@@ -96,12 +96,8 @@ def _avro(handle: BinaryIO, source: str, tail: bytes) -> Iterator[RawRecord]:
             raise EOFError("the file ends inside a block (truncated)")
     except Exception as error:  # ValueError, EOFError, IndexError, zlib.error, MemoryError... from a corrupt block
         # A corrupt block: nothing after it can be decoded. It is reported, never silently dropped.
-        yield RawRecord(
-            source,
-            f"after record {number}",
-            "",
-            Rejection(Reason.MALFORMED, None, f"corrupt Avro data, rest of file unreadable ({error or type(error).__name__})"),
-        )
+        why = f"corrupt Avro data, rest of file unreadable ({error or type(error).__name__})"
+        yield RawRecord(source, f"after record {number}", "", Rejection(Reason.MALFORMED, None, why))
 
 
 def read_records(path: Path, max_bytes: int, progress: bool = False) -> Iterator[RawRecord]:
