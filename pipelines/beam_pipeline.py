@@ -16,6 +16,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
@@ -283,6 +284,10 @@ def build(spec: JobSpec, records: beam.PCollection, bounded: bool, stop_clock: S
 
 def run_file(spec: JobSpec, beam_args: list[str] | None = None) -> None:
     """Replay a file through the topology on the DirectRunner (bounded: timers fire at the input's end)."""
+    # The in-process SDK worker caches user state and weighs every cached value with objsize, which
+    # scans all loaded modules' globals on each call: two thirds of the run time on a replay. Without
+    # the cache, state goes straight to the runner's in-memory state store: about 3x the throughput.
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
     options = PipelineOptions(beam_args or ["--runner=DirectRunner", "--direct_num_workers=1"])
     pipeline = beam.Pipeline(options=options)
     records = (

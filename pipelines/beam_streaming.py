@@ -1,5 +1,5 @@
-"""Live runs on Beam's DirectRunner: a Redis stream fed into the streaming topology with real
-event-time watermarks.
+"""Streaming runs on Beam's DirectRunner: a Redis stream (live) or a file (a replay in bounded
+memory) fed into the streaming topology with real event-time watermarks.
 
 The Python DirectRunner holds a splittable DoFn's output watermark at minus infinity while it runs,
 so event-time timers could not fire during a live run. It does honour the watermarks of a
@@ -14,8 +14,11 @@ runner a production connector (Pub/Sub, Kafka) takes this place.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -30,8 +33,8 @@ from pipelines.beam_pipeline import build
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.redis_store import StopClock
-from pipelines.redis_stream import StreamReader, StreamSpec
-from pipelines.sources import RawRecord
+from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
+from pipelines.sources import RawRecord, read_records
 from transforms.dead_letters import Reason, Rejection
 from transforms.timestamps import parse_event_time
 
@@ -69,29 +72,44 @@ def _event_time(record: RawRecord) -> int | None:
     return None
 
 
-class StreamEvents:
-    """The ``TestStreamService`` reader: Redis stream entries as elements and watermark events."""
+def stream_batches(spec: StreamSpec, max_bytes: int) -> Iterator[list[RawRecord]]:
+    """Batches of a Redis stream until :data:`STOP` (an empty batch when the stream is idle)."""
+    reader = StreamReader(spec)
+    while not STOP.is_set():
+        yield [to_record(spec, entry_id, data, max_bytes) for entry_id, data in reader.read()]
 
-    def __init__(self, spec: StreamSpec, out_of_orderness_ms: int, max_bytes: int, stop_clock: StopClock) -> None:
-        self.spec = spec
+
+def file_batches(path: Path, max_bytes: int, progress: bool, size: int = 2000) -> Iterator[list[RawRecord]]:
+    """Batches of a file's records, for a streaming replay."""
+    records = read_records(path, max_bytes, progress)
+    while batch := list(itertools.islice(records, size)):
+        yield batch
+
+
+class WatermarkedEvents:
+    """The ``TestStreamService`` reader: records as elements, then the watermark they allow.
+
+    The watermark is the largest event time read minus the allowed out-of-orderness (minus 1 ms, as
+    an event exactly at the bound may still come). When the batches end, the largest event time
+    read goes to the :class:`StopClock` and the stream ends.
+    """
+
+    def __init__(self, batches: Iterator[list[RawRecord]], out_of_orderness_ms: int, stop_clock: StopClock) -> None:
+        self.batches = batches
         self.out_of_orderness_ms = out_of_orderness_ms
-        self.max_bytes = max_bytes
         self.stop_clock = stop_clock
         self.coder = PickleCoder()
 
     def read_multiple(self, _tags: Any) -> Iterator[Any]:
-        reader = StreamReader(self.spec)
         max_ts: int | None = None
         watermark = 0
-        while not STOP.is_set():
-            entries = reader.read()
-            if not entries:
+        for batch in self.batches:
+            if not batch:
                 yield _Event(processing_time_event=_Event.AdvanceProcessingTime(advance_duration=_IDLE_TICK_MICROS))
                 continue
             elements = []
-            for entry_id, data in entries:
+            for record in batch:
                 METRICS.events_in.inc()
-                record = to_record(self.spec, entry_id, data, self.max_bytes)
                 ts = _event_time(record)
                 if ts is not None:
                     max_ts = ts if max_ts is None else max(max_ts, ts)
@@ -105,24 +123,22 @@ class StreamEvents:
             if max_ts is not None and max_ts - self.out_of_orderness_ms - 1 > watermark:
                 watermark = max_ts - self.out_of_orderness_ms - 1
                 yield _Event(watermark_event=_Event.AdvanceWatermark(new_watermark=watermark * 1000))
-                METRICS.watermark_lag.set(max(0.0, _wall_seconds() - watermark / 1000))
+                METRICS.watermark_lag.set(max(0.0, time.time() - watermark / 1000))
         self.stop_clock.mark(max_ts if max_ts is not None else 0)
 
 
-def _wall_seconds() -> float:
-    from time import time
-
-    return time()
-
-
 def run_stream(spec: JobSpec, run_id: str) -> None:
-    """Consume ``spec.source`` (a redis-stream:// URL) until :data:`STOP` is set, then drain."""
-    stream = StreamSpec.parse(spec.source)
+    """Run ``spec.source`` through the streaming topology: a redis-stream:// URL until :data:`STOP`
+    is set, or a file replayed in event-time order with bounded memory; then drain."""
+    max_bytes = spec.config.cleaning.max_record_bytes
+    if is_stream_source(spec.source):
+        batches = stream_batches(StreamSpec.parse(spec.source), max_bytes)
+    else:
+        batches = file_batches(Path(spec.source), max_bytes, spec.progress)
     stop_clock = StopClock(spec.redis_url, f"{spec.redis_prefix}:run:{run_id}:stop_at")
-    events = StreamEvents(
-        stream, spec.config.stream.max_out_of_orderness_ms, spec.config.cleaning.max_record_bytes, stop_clock
+    service = TestStreamServiceController(
+        WatermarkedEvents(batches, spec.config.stream.max_out_of_orderness_ms, stop_clock)
     )
-    service = TestStreamServiceController(events)
     service.start()
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--streaming"]))
