@@ -1,5 +1,5 @@
-"""Streaming runs on Beam's DirectRunner: a Redis stream (live) or a file (a replay in bounded
-memory) fed into the streaming topology with real event-time watermarks.
+"""Live runs on Beam's DirectRunner: a Redis stream fed into the streaming topology with real
+event-time watermarks.
 
 The Python DirectRunner holds a splittable DoFn's output watermark at minus infinity while it runs,
 so event-time timers could not fire during a live run. It does honour the watermarks of a
@@ -14,11 +14,9 @@ runner a production connector (Pub/Sub, Kafka) takes this place.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -33,8 +31,8 @@ from pipelines.beam_pipeline import build
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.redis_store import StopClock
-from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
-from pipelines.sources import RawRecord, read_records
+from pipelines.redis_stream import StreamReader, StreamSpec
+from pipelines.sources import RawRecord
 from transforms.dead_letters import Reason, Rejection
 from transforms.timestamps import parse_event_time
 
@@ -79,13 +77,6 @@ def stream_batches(spec: StreamSpec, max_bytes: int) -> Iterator[list[RawRecord]
         yield [to_record(spec, entry_id, data, max_bytes) for entry_id, data in reader.read()]
 
 
-def file_batches(path: Path, max_bytes: int, progress: bool, size: int = 2000) -> Iterator[list[RawRecord]]:
-    """Batches of a file's records, for a streaming replay."""
-    records = read_records(path, max_bytes, progress)
-    while batch := list(itertools.islice(records, size)):
-        yield batch
-
-
 class WatermarkedEvents:
     """The ``TestStreamService`` reader: records as elements, then the watermark they allow.
 
@@ -128,13 +119,8 @@ class WatermarkedEvents:
 
 
 def run_stream(spec: JobSpec, run_id: str) -> None:
-    """Run ``spec.source`` through the streaming topology: a redis-stream:// URL until :data:`STOP`
-    is set, or a file replayed in event-time order with bounded memory; then drain."""
-    max_bytes = spec.config.cleaning.max_record_bytes
-    if is_stream_source(spec.source):
-        batches = stream_batches(StreamSpec.parse(spec.source), max_bytes)
-    else:
-        batches = file_batches(Path(spec.source), max_bytes, spec.progress)
+    """Consume ``spec.source`` (a redis-stream:// URL) until :data:`STOP` is set, then drain."""
+    batches = stream_batches(StreamSpec.parse(spec.source), spec.config.cleaning.max_record_bytes)
     stop_clock = StopClock(spec.redis_url, f"{spec.redis_prefix}:run:{run_id}:stop_at")
     service = TestStreamServiceController(
         WatermarkedEvents(batches, spec.config.stream.max_out_of_orderness_ms, stop_clock)

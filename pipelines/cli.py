@@ -95,7 +95,7 @@ def _run_live(spec: JobSpec, engine: str) -> None:
     run_stream(spec, uuid.uuid4().hex)
 
 
-def execute(spec: JobSpec, engine: str, replay: str = "batch") -> dict[str, Any]:
+def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     """Run ``spec`` on ``engine``; return the run summary (also written to Redis and --summary-out)."""
     outputs = spec.outputs
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
@@ -103,10 +103,6 @@ def execute(spec: JobSpec, engine: str, replay: str = "batch") -> dict[str, Any]
     started = time.perf_counter()
     if is_stream_source(spec.source):
         _run_live(spec, engine)
-    elif engine == "beam" and replay == "streaming":
-        from pipelines.beam_streaming import run_stream
-
-        run_stream(spec, uuid.uuid4().hex)
     elif engine == "beam":
         from pipelines.beam_pipeline import run_file
 
@@ -193,14 +189,6 @@ def main() -> None:
     "runs until SIGINT/SIGTERM, then drains, acknowledges and exits 0).",
 )
 @common_options
-@click.option(
-    "--replay",
-    type=click.Choice(["batch", "streaming"]),
-    default="batch",
-    show_default=True,
-    help="How Beam replays a file. batch: fastest; memory grows with the input (the DirectRunner holds the "
-    "keyed stage's input). streaming: watermarks advance as the file is read; memory stays flat, slower.",
-)
 @click.option("--as-of", help="After the input ends, advance event time to this RFC 3339 time (fires timers).")
 @click.option("--now", help="Processing clock for the 'too far in the future' check (default: wall clock).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
@@ -219,7 +207,6 @@ def run(
     profiles_out: Path | None,
     dead_letter_out: Path | None,
     summary_out: Path | None,
-    replay: str,
     as_of: str | None,
     now: str | None,
     progress: bool | None,
@@ -244,7 +231,7 @@ def run(
         metrics_port=metrics_port,
         metrics_address=metrics_address,
     )
-    print_summary(execute(spec, engine, replay))
+    print_summary(execute(spec, engine))
 
 
 @main.command()

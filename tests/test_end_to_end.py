@@ -110,18 +110,6 @@ def test_core_and_beam_emit_identical_changes_and_profiles(
         assert core_summary[key] == beam_summary[key]
 
 
-def test_streaming_replay_of_a_file_matches_the_batch_replay(
-    beam_run: tuple[dict[str, Any], Path], sample_file: Path, redis_url: str, tmp_path: Path
-) -> None:
-    batch_summary, batch_out = beam_run
-    streamed = tmp_path / "streaming"
-    summary = run_cli("--source", str(sample_file), "--replay", "streaming", "--redis-url", redis_url,
-                      "--redis-prefix", "streamed", *outputs(streamed))  # fmt: skip
-    for name in ("changes.jsonl", "profiles.jsonl", "dead_letters.jsonl"):
-        assert sorted_lines(streamed / name) == sorted_lines(batch_out / name)
-    assert summary["segment_changes"] == batch_summary["segment_changes"] and balanced(summary)
-
-
 def _write_avro(records: list[dict[str, Any]], path: Path) -> None:
     schema = load_schema("ClickstreamEvent")
     fields = {f["name"] for f in schema["fields"]}
