@@ -23,12 +23,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from throughput import generate_events, make_spec  # the sibling script (bench/ is on sys.path when run)
+from throughput import (  # the sibling script (bench/ is on sys.path when run)
+    check_source_arg,
+    generate_events,
+    make_spec,
+)
 
 from pipelines.core_engine import CoreEngine
 from pipelines.metrics import METRICS
 from pipelines.redis_store import start_embedded
-from pipelines.sources import SourceError, check_source
 from transforms.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,11 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.events <= 0 or args.top <= 0:
         parser.error("--events and --top must be positive")
-    if args.source is not None:
-        try:
-            check_source(args.source)
-        except SourceError as error:
-            parser.error(str(error))
+    check_source_arg(parser, args.source)
     return args
 
 

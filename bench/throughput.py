@@ -390,12 +390,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--events and --repeat must be positive")
     if args.memory and args.no_beam and args.memory_engine == "beam":
         parser.error("--memory watches Beam by default: drop --no-beam or add --memory-engine core")
-    if args.source is not None:
+    check_source_arg(parser, args.source)
+    return args
+
+
+def check_source_arg(parser: argparse.ArgumentParser, source: Path | None) -> None:
+    """Exit with the parser's usage error unless ``source`` (if given) is a readable input file."""
+    if source is not None:
         try:
-            check_source(args.source)
+            check_source(source)
         except SourceError as error:
             parser.error(str(error))
-    return args
 
 
 def best_of(repeat: int, measure: Callable[[], Stage]) -> Stage:
