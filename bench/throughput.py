@@ -5,7 +5,7 @@ Every stage runs in this process, on the same input file, one after the other:
 1. baseline: read + JSON decode (``pipelines.sources.read_records``), counting records;
 2. cleaning core: read + ``Cleaner.clean`` per record (``pipelines.job.clean_record``);
 3. core engine end to end: ``CoreEngine(spec).run()`` with embedded Redis and files;
-4. Beam replay end to end: ``pipelines.beam_pipeline.run_file(spec)`` on the DirectRunner (``--no-beam``
+4. Beam replay end to end: ``pipelines.beam_replay.run_file(spec)`` on the DirectRunner (``--no-beam``
    skips it), with the same Redis (flushed between engines) and file outputs.
 
 "Latency" is the mean wall-clock time per event (seconds / records), not the live event-to-change
@@ -247,7 +247,7 @@ def _engine_runner(engine: str, spec: JobSpec) -> Callable[[], None]:
         from pipelines.core_engine import CoreEngine
 
         return lambda: CoreEngine(spec).run()
-    from pipelines.beam_pipeline import run_file  # imported outside the timed block
+    from pipelines.beam_replay import run_file  # imported outside the timed block
 
     return lambda: run_file(spec)
 

@@ -1,10 +1,12 @@
 """The Beam driver: the core steps wired as one topology (DirectRunner locally, Dataflow, Flink runner).
 
-    read ─► clean ─┬─► key by customer ─► CustomerFn (state + event-time timers) ─┬─► Redis
-                   └─► dead letters ◄─────────────── late ◄──────────────────────┴─► files
+    read ─► clean ─┬─► key by customer ─► customer step (state + event-time timers) ─┬─► Redis
+                   └─► dead letters ◄─────────────── late ◄─────────────────────────┴─► files
 
 Keyed state and timers hold the core's values (:class:`transforms.customer.CustomerState` and the
-pending events); all behaviour lives in :class:`transforms.customer.CustomerLogic`.
+pending events); all behaviour lives in :class:`transforms.customer.CustomerLogic`. The customer
+step of a live run is :class:`LiveCustomerFn` here; file replays use
+:class:`pipelines.beam_replay.ReplayCustomerFn`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
@@ -27,30 +27,23 @@ from pipelines.metrics import METRICS
 from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, StopClock, shared_client
 from pipelines.redis_stream import ack_target
-from pipelines.sources import read_records
 from transforms.cleaning import Cleaner, CleaningConfig
-from transforms.customer import CustomerLogic, StreamConfig
+from transforms.customer import CustomerLogic, CustomerState, Step, StreamConfig
 from transforms.dead_letters import DeadLetter
 from transforms.rules import RuleSet
 
-DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
+DEAD, CHANGES, PROFILES, FINAL, ACKS, SNAPSHOTS = (
+    "dead_letters",
+    "changes",
+    "profiles",
+    "final_profiles",
+    "acks",
+    "snapshots",
+)
 
 
 def beam_timestamp(ms: int) -> Timestamp:
     return Timestamp(micros=ms * 1000)
-
-
-class ReadFileFn(beam.DoFn):
-    """A file path in, its records out (with positions for dead letters)."""
-
-    def __init__(self, max_bytes: int, progress: bool) -> None:
-        self.max_bytes = max_bytes
-        self.progress = progress
-
-    def process(self, path: str) -> Iterator[Any]:
-        for record in read_records(Path(path), self.max_bytes, self.progress):
-            METRICS.events_in.inc()
-            yield record
 
 
 class CleanFn(beam.DoFn):
@@ -71,12 +64,32 @@ class CleanFn(beam.DoFn):
             yield TimestampedValue((result.customer_key, result), beam_timestamp(result.ts))
 
 
-class CustomerFn(beam.DoFn):
-    """Per-customer state and timers; behaviour delegated to :class:`CustomerLogic`.
+class CustomerStepFn(beam.DoFn):
+    """What every customer step shares: the core logic and how a :class:`Step` becomes outputs."""
 
-    ``clock`` holds ``(clock, wake, end)``: the customer's event time, the tick timer currently set,
-    and the end of event time (input end or ``--as-of``; None on live input, where ``stop_clock``
-    tells it once the source has stopped).
+    def __init__(self, rules: RuleSet, stream: StreamConfig) -> None:
+        self.rules = rules
+        self.stream = stream
+
+    def setup(self) -> None:
+        self.logic = CustomerLogic(self.rules, self.stream)
+
+    def emit(self, step: Step, customer: CustomerState, acknowledge: bool = False) -> Iterator[Any]:
+        METRICS.record_step(step)
+        for change in step.changes:
+            yield beam.pvalue.TaggedOutput(CHANGES, change)
+        if step.touched:
+            yield beam.pvalue.TaggedOutput(PROFILES, self.logic.profile(customer))
+        if acknowledge:
+            for event in step.accepted + step.duplicates:
+                yield beam.pvalue.TaggedOutput(ACKS, (event.source, event.position))
+
+
+class LiveCustomerFn(CustomerStepFn):
+    """The customer step of a live run: a tick timer follows the watermark through the customer's
+    pending events and rule timers; on the drain, ``stop_clock`` caps event time.
+
+    ``clock`` holds ``(clock, wake)``: the customer's event time and the tick timer currently set.
     """
 
     STATE = ReadModifyWriteStateSpec("customer", PickleCoder())
@@ -85,19 +98,13 @@ class CustomerFn(beam.DoFn):
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
-    def __init__(self, rules: RuleSet, stream: StreamConfig, bounded: bool, stop_clock: StopClock | None) -> None:
-        self.rules = rules
-        self.stream = stream
-        self.bounded = bounded
+    def __init__(self, rules: RuleSet, stream: StreamConfig, stop_clock: StopClock) -> None:
+        super().__init__(rules, stream)
         self.stop_clock = stop_clock
-
-    def setup(self) -> None:
-        self.logic = CustomerLogic(self.rules, self.stream)
 
     def process(
         self,
         element: tuple[str, Any],
-        end: int | None,
         clock=beam.DoFn.StateParam(CLOCK),
         pending=beam.DoFn.StateParam(PENDING),
         tick=beam.DoFn.TimerParam(TICK),
@@ -106,7 +113,7 @@ class CustomerFn(beam.DoFn):
         _, event = element
         meta = clock.read()
         if meta is None:
-            meta = (None, None, end)
+            meta = (None, None)
             final.set(GlobalWindow().max_timestamp())
         late, timer = self.logic.admit(meta[0], meta[1], event)
         if late:
@@ -115,7 +122,7 @@ class CustomerFn(beam.DoFn):
         pending.add(event)
         if timer is not None:
             tick.set(beam_timestamp(timer))
-            meta = (meta[0], timer, end)
+            meta = (meta[0], timer)
         clock.write(meta)
 
     @on_timer(TICK)
@@ -147,26 +154,17 @@ class CustomerFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
 
     def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:
-        meta = clock.read()
-        end = meta[2] if self.stop_clock is None else self.stop_clock.stop_at()
         events = list(pending.read())
         customer = state.read() or self.logic.new_state(key)
-        step = self.logic.on_timer(customer, events, fired_at, end, self.bounded)
+        step = self.logic.on_timer(customer, events, fired_at, self.stop_clock.stop_at(), bounded=False)
         pending.clear()
         for event in step.remaining:
             pending.add(event)
         if step.wake is not None:
             tick.set(beam_timestamp(step.wake))
-        clock.write((customer.clock, step.wake, meta[2]))
+        clock.write((customer.clock, step.wake))
         state.write(customer)
-        METRICS.record_step(step)
-        for change in step.changes:
-            yield beam.pvalue.TaggedOutput(CHANGES, change)
-        if step.touched:
-            yield beam.pvalue.TaggedOutput(PROFILES, self.logic.profile(customer))
-        if not self.bounded:
-            for event in step.accepted + step.duplicates:
-                yield beam.pvalue.TaggedOutput(ACKS, (event.source, event.position))
+        yield from self.emit(step, customer, acknowledge=True)
 
 
 class WriteRedisFn(beam.DoFn):
@@ -233,36 +231,32 @@ class WriteJsonLinesFn(beam.DoFn):
         self.writer.close()
 
 
-def _latest(times: Any) -> int:
-    return max(times, default=0)
-
-
 def _count_dead_letter(letter: DeadLetter) -> None:
     METRICS.record_dead_letter(letter)  # the process-wide registry (a bound method would pickle a copy)
 
 
-def build(spec: JobSpec, records: beam.PCollection, bounded: bool, stop_clock: StopClock | None = None) -> None:
-    """Wire the topology from ``records`` (a PCollection of :class:`RawRecord`) to every sink.
+def build(
+    spec: JobSpec,
+    records: beam.PCollection,
+    customer_step: CustomerStepFn,
+    snapshots: beam.PCollection | None = None,
+) -> beam.pvalue.DoOutputsTuple:
+    """Wire the topology from ``records`` (a PCollection of :class:`RawRecord`) through
+    ``customer_step`` to every sink; return the customer step's outputs (for more sinks).
 
-    ``bounded``: a finite input (timers fire once it is all read, up to its end or ``--as-of``).
-    Otherwise ``stop_clock`` caps event time once the live source stops.
+    ``snapshots``: ``(key, Snapshot)`` of customers carried over from an earlier run.
     """
-    config = spec.config
     cleaned = records | "Clean" >> (
-        beam.ParDo(CleanFn(config.cleaning, spec.now_ms))
+        beam.ParDo(CleanFn(spec.config.cleaning, spec.now_ms))
         .with_output_types(beam.typehints.Tuple[str, Any])
         .with_outputs(DEAD, main="events")
     )
-    events = cleaned["events"]
-    if bounded:
-        last = events | "EventTime" >> beam.Map(lambda kv: kv[1].ts) | "InputEnd" >> beam.CombineGlobally(_latest)
-        end = last | "AsOf" >> beam.Map(lambda ts, as_of: max(ts or 0, as_of or 0) or None, spec.as_of)
-        end_side = beam.pvalue.AsSingleton(end)
-    else:
-        end_side = None
-    segmented = events | "Segment" >> beam.ParDo(
-        CustomerFn(config.rules, config.stream, bounded, stop_clock), end_side
-    ).with_input_types(beam.typehints.Tuple[str, Any], Any).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS)
+    keyed = cleaned["events"]
+    if snapshots is not None:
+        keyed = (keyed, snapshots) | "WithSnapshots" >> beam.Flatten()
+    segmented = keyed | "Segment" >> beam.ParDo(customer_step).with_input_types(
+        beam.typehints.Tuple[str, Any]
+    ).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS, SNAPSHOTS)
     dead = (cleaned[DEAD], segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
     _ = dead | "CountDeadLetters" >> beam.Map(_count_dead_letter)
     to_redis = (
@@ -280,20 +274,4 @@ def build(spec: JobSpec, records: beam.PCollection, bounded: bool, stop_clock: S
     ):
         if path is not None:
             _ = pcoll | f"Write{name}" >> beam.ParDo(WriteJsonLinesFn(str(path)))
-
-
-def run_file(spec: JobSpec, beam_args: list[str] | None = None) -> None:
-    """Replay a file through the topology on the DirectRunner (bounded: timers fire at the input's end)."""
-    # The in-process SDK worker caches user state and weighs every cached value with objsize, which
-    # scans all loaded modules' globals on each call: two thirds of the run time on a replay. Without
-    # the cache, state goes straight to the runner's in-memory state store: about 3x the throughput.
-    worker_handlers.STATE_CACHE_SIZE_MB = 0
-    options = PipelineOptions(beam_args or ["--runner=DirectRunner", "--direct_num_workers=1"])
-    pipeline = beam.Pipeline(options=options)
-    records = (
-        pipeline
-        | "Source" >> beam.Create([spec.source])
-        | "Read" >> beam.ParDo(ReadFileFn(spec.config.cleaning.max_record_bytes, spec.progress))
-    )
-    build(spec, records, bounded=True)
-    pipeline.run().wait_until_finish()
+    return segmented

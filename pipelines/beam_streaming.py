@@ -27,14 +27,13 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 
-from pipelines.beam_pipeline import build
+from pipelines.beam_pipeline import LiveCustomerFn, build
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.redis_store import StopClock
 from pipelines.redis_stream import StreamReader, StreamSpec
-from pipelines.sources import RawRecord
+from pipelines.sources import RawRecord, record_event_time
 from transforms.dead_letters import Reason, Rejection
-from transforms.timestamps import parse_event_time
 
 STOP = threading.Event()
 _Event = beam_runner_api_pb2.TestStreamPayload.Event
@@ -59,15 +58,6 @@ def to_record(spec: StreamSpec, entry_id: str, data: bytes | None, max_bytes: in
     except orjson.JSONDecodeError:
         text = data.decode("utf-8", "replace")
         return RawRecord(source, entry_id, text, Rejection(Reason.MALFORMED, None, "not valid JSON"))
-
-
-def _event_time(record: RawRecord) -> int | None:
-    if record.error is None and isinstance(record.payload, dict):
-        try:
-            return parse_event_time(record.payload.get("ts"))
-        except Rejection:
-            return None
-    return None
 
 
 def stream_batches(spec: StreamSpec, max_bytes: int) -> Iterator[list[RawRecord]]:
@@ -101,7 +91,7 @@ class WatermarkedEvents:
             elements = []
             for record in batch:
                 METRICS.events_in.inc()
-                ts = _event_time(record)
+                ts = record_event_time(record)
                 if ts is not None:
                     max_ts = ts if max_ts is None else max(max_ts, ts)
                 stamp = max(ts if ts is not None else watermark, watermark, 0)
@@ -129,7 +119,7 @@ def run_stream(spec: JobSpec, run_id: str) -> None:
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--streaming"]))
         records = pipeline | "ReadStream" >> TestStream(coder=PickleCoder(), endpoint=service.endpoint)
-        build(spec, records, bounded=False, stop_clock=stop_clock)
+        build(spec, records, LiveCustomerFn(spec.config.rules, spec.config.stream, stop_clock))
         pipeline.run().wait_until_finish()
     finally:
         service.stop()

@@ -104,7 +104,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     if is_stream_source(spec.source):
         _run_live(spec, engine)
     elif engine == "beam":
-        from pipelines.beam_pipeline import run_file
+        from pipelines.beam_replay import run_file
 
         run_file(spec)
     else:
@@ -189,6 +189,13 @@ def main() -> None:
     "runs until SIGINT/SIGTERM, then drains, acknowledges and exits 0).",
 )
 @common_options
+@click.option(
+    "--chunk-events",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Beam replays a file in pipelines of this many records; memory holds one chunk plus customer state.",
+)
 @click.option("--as-of", help="After the input ends, advance event time to this RFC 3339 time (fires timers).")
 @click.option("--now", help="Processing clock for the 'too far in the future' check (default: wall clock).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
@@ -207,6 +214,7 @@ def run(
     profiles_out: Path | None,
     dead_letter_out: Path | None,
     summary_out: Path | None,
+    chunk_events: int,
     as_of: str | None,
     now: str | None,
     progress: bool | None,
@@ -230,6 +238,7 @@ def run(
         redis_prefix=redis_prefix,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
+        chunk_events=chunk_events,
     )
     print_summary(execute(spec, engine))
 

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.beam_pipeline import build
+from pipelines.beam_pipeline import LiveCustomerFn, build
 from pipelines.redis_store import StopClock
 from pipelines.sources import RawRecord
 from tests.conftest import make_spec, read_jsonl
@@ -41,7 +41,7 @@ def run_stream(stream: TestStream, tmp_path: Path, redis_url: str, end: int) -> 
     stop_clock = StopClock(redis_url, "segstream:run:test:stop_at")
     stop_clock.mark(end)
     with beam.Pipeline(options=PipelineOptions(["--streaming"])) as pipeline:
-        build(spec, pipeline | stream, bounded=False, stop_clock=stop_clock)
+        build(spec, pipeline | stream, LiveCustomerFn(spec.config.rules, spec.config.stream, stop_clock))
     return out
 
 

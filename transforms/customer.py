@@ -57,6 +57,14 @@ class CustomerState:
 
 
 @dataclass(slots=True)
+class Snapshot:
+    """A customer's state with the events still waiting for the watermark: what moves between runs."""
+
+    state: CustomerState
+    pending: list[Event]
+
+
+@dataclass(slots=True)
 class Step:
     """What one :meth:`CustomerLogic.advance` produced."""
 
@@ -95,6 +103,27 @@ class CustomerLogic:
             return True, None
         due = event.ts if clock is None else max(event.ts, clock)
         return False, (due if wake is None or due < wake else None)
+
+    def split_late(self, clock: int | None, events: list[Event]) -> tuple[list[Event], list[Event]]:
+        """``(on time, late)``: :meth:`admit`'s lateness test, for engines that learn the clock later."""
+        if clock is None:
+            return events, []
+        cutoff = clock - self.config.allowed_lateness_ms
+        return [e for e in events if e.ts >= cutoff], [e for e in events if e.ts < cutoff]
+
+    def advance_until(self, state: CustomerState, pending: list[Event], watermark: int) -> Step:
+        """Fire this customer's timers one by one up to ``watermark``, as an engine whose watermark
+        reached it would (the customer's clock ends at its last timer, not at the watermark)."""
+        total = Step(remaining=pending)
+        total.wake = min([e.ts for e in pending] + [t for t in (state.rule_wake,) if t is not None], default=None)
+        while total.wake is not None and total.wake <= watermark:
+            step = self.advance(state, total.remaining, total.wake)
+            total.changes += step.changes
+            total.accepted += step.accepted
+            total.duplicates += step.duplicates
+            total.touched = total.touched or step.touched
+            total.remaining, total.wake = step.remaining, step.wake
+        return total
 
     def late_letter(self, event: Event) -> DeadLetter:
         """The dead letter of an event that :meth:`admit` found late."""
