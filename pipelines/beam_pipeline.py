@@ -32,14 +32,7 @@ from transforms.customer import CustomerLogic, CustomerState, Step, StreamConfig
 from transforms.dead_letters import DeadLetter
 from transforms.rules import RuleSet
 
-DEAD, CHANGES, PROFILES, FINAL, ACKS, SNAPSHOTS = (
-    "dead_letters",
-    "changes",
-    "profiles",
-    "final_profiles",
-    "acks",
-    "snapshots",
-)
+DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
 
 
 def beam_timestamp(ms: int) -> Timestamp:
@@ -239,12 +232,11 @@ def build(
     spec: JobSpec,
     records: beam.PCollection,
     customer_step: CustomerStepFn,
-    snapshots: beam.PCollection | None = None,
-) -> beam.pvalue.DoOutputsTuple:
+    wakes: beam.PCollection | None = None,
+) -> None:
     """Wire the topology from ``records`` (a PCollection of :class:`RawRecord`) through
-    ``customer_step`` to every sink; return the customer step's outputs (for more sinks).
-
-    ``snapshots``: ``(key, Snapshot)`` of customers carried over from an earlier run.
+    ``customer_step`` to every sink. ``wakes``: more ``(key, None)`` elements for the customer step
+    (customers with no event whose timers fall due).
     """
     cleaned = records | "Clean" >> (
         beam.ParDo(CleanFn(spec.config.cleaning, spec.now_ms))
@@ -252,11 +244,11 @@ def build(
         .with_outputs(DEAD, main="events")
     )
     keyed = cleaned["events"]
-    if snapshots is not None:
-        keyed = (keyed, snapshots) | "WithSnapshots" >> beam.Flatten()
+    if wakes is not None:
+        keyed = (keyed, wakes) | "WithWakes" >> beam.Flatten().with_output_types(beam.typehints.Tuple[str, Any])
     segmented = keyed | "Segment" >> beam.ParDo(customer_step).with_input_types(
         beam.typehints.Tuple[str, Any]
-    ).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS, SNAPSHOTS)
+    ).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS)
     dead = (cleaned[DEAD], segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
     _ = dead | "CountDeadLetters" >> beam.Map(_count_dead_letter)
     to_redis = (
@@ -274,4 +266,3 @@ def build(
     ):
         if path is not None:
             _ = pcoll | f"Write{name}" >> beam.ParDo(WriteJsonLinesFn(str(path)))
-    return segmented

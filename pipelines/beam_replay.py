@@ -3,12 +3,13 @@
 The DirectRunner's batch mode holds the whole input of a keyed stage in memory before it runs it.
 A replay therefore reads the file once, writes it in chunks of ``--chunk-events`` records to a
 temporary directory, and runs one bounded pipeline per chunk. Each chunk ends at a watermark (the
-largest event time read so far minus the allowed out-of-orderness, minus 1 ms): every customer
-fires its timers up to it, exactly as a streaming engine would, and leaves a
-:class:`transforms.customer.Snapshot` (state + events still pending) that the next chunk's
-pipeline takes in beside its events. The last chunk advances every customer to the end of the
-input (or ``--as-of``) and writes the final profiles. Memory holds one chunk plus the customers'
-snapshots.
+largest event time read so far minus the allowed out-of-orderness, minus 1 ms): every customer it
+touches fires its timers up to it, exactly as a streaming engine would, and leaves a
+:class:`transforms.customer.Snapshot` (state + events still pending) in a
+:class:`pipelines.snapshot_store.SnapshotStore` on disk. A chunk touches the customers it has
+events for and those whose next timer falls due before its watermark; the last chunk advances every
+customer to the end of the input (or ``--as-of``) and writes the final profiles. Memory holds one
+chunk and the customers it touches.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 
-from pipelines.beam_pipeline import DEAD, FINAL, SNAPSHOTS, CustomerStepFn, build
+from pipelines.beam_pipeline import DEAD, FINAL, CustomerStepFn, build
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
+from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import read_records, record_event_time
 from transforms.customer import Snapshot, StreamConfig
 from transforms.rules import RuleSet
@@ -42,7 +44,7 @@ class Chunk:
     watermark: int | None  # event time every customer reaches at the end of this chunk
 
 
-def _load_all(path: str) -> Iterator[Any]:
+def _records(path: str) -> Iterator[Any]:
     with open(path, "rb") as handle:
         while True:
             try:
@@ -80,101 +82,89 @@ class ReadChunkFn(beam.DoFn):
     """A chunk file in, its records out."""
 
     def process(self, path: str) -> Iterator[Any]:
-        for record in _load_all(path):
+        for record in _records(path):
             METRICS.events_in.inc()
             yield record
 
 
-class WriteSnapshotsFn(beam.DoFn):
-    """Appends ``(key, Snapshot)`` pairs to a local file for the next chunk."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def setup(self) -> None:
-        self.handle = open(self.path, "ab")  # noqa: SIM115 - closed in teardown
-
-    def process(self, item: tuple[str, Snapshot]) -> Iterator[Any]:
-        pickle.dump(item, self.handle, protocol=pickle.HIGHEST_PROTOCOL)
-        yield from ()
-
-    def finish_bundle(self) -> None:
-        self.handle.flush()
-
-    def teardown(self) -> None:
-        self.handle.close()
-
-
 class ReplayCustomerFn(CustomerStepFn):
-    """The customer step of one replay chunk: buffer the customer's events (and the snapshot the
-    previous chunk left), then, once the chunk is read, fire its timers up to ``end``.
+    """The customer step of one replay chunk: buffer the customer's events, then, once the chunk is
+    read, take its snapshot from the store, fire its timers up to ``end`` and put it back.
 
-    In the last chunk the customer goes straight to ``end`` (the input's end or ``--as-of``) and
-    its final profile is written; otherwise it fires timers up to the chunk's watermark and leaves
-    a snapshot.
+    Elements are ``(key, Event)`` or ``(key, None)`` (a customer whose timer falls due in this
+    chunk). In the last chunk every customer goes straight to ``end`` (the input's end or
+    ``--as-of``) and its final profile is written.
     """
 
-    STATE = ReadModifyWriteStateSpec("customer", PickleCoder())
     PENDING = BagStateSpec("pending", PickleCoder())
     END = TimerSpec("end", TimeDomain.WATERMARK)
 
-    def __init__(self, rules: RuleSet, stream: StreamConfig, end: int | None, last: bool) -> None:
+    def __init__(self, rules: RuleSet, stream: StreamConfig, end: int | None, last: bool, store: str) -> None:
         super().__init__(rules, stream)
         self.end = end
         self.last = last
+        self.store_path = store
+
+    def setup(self) -> None:
+        super().setup()
+        self.store = SnapshotStore(Path(self.store_path))
 
     def process(
         self,
         element: tuple[str, Any],
-        state=beam.DoFn.StateParam(STATE),
         pending=beam.DoFn.StateParam(PENDING),
         end=beam.DoFn.TimerParam(END),
-    ) -> None:
-        _, item = element
-        if isinstance(item, Snapshot):
-            state.write(item.state)
-            for event in item.pending:
-                pending.add(event)
-        else:
-            pending.add(item)
+    ) -> Iterator[Any]:
+        _, event = element
+        if event is not None:
+            pending.add(event)
         end.set(GlobalWindow().max_timestamp())
+        yield from ()
 
     @on_timer(END)
-    def on_end(
-        self,
-        key=beam.DoFn.KeyParam,
-        state=beam.DoFn.StateParam(STATE),
-        pending=beam.DoFn.StateParam(PENDING),
-    ) -> Iterator[Any]:
-        customer = state.read() or self.logic.new_state(key)
-        events, late = self.logic.split_late(customer.clock, list(pending.read()))
+    def on_end(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING)) -> Iterator[Any]:
+        snapshot = self.store.get(key) or Snapshot(self.logic.new_state(key), [])
+        customer = snapshot.state
+        events, late = self.logic.split_late(customer.clock, snapshot.pending + list(pending.read()))
         for event in late:
             yield beam.pvalue.TaggedOutput(DEAD, self.logic.late_letter(event))
         if self.last:
             step = self.logic.on_timer(customer, events, self.end or 0, self.end, bounded=True)
-        elif self.end is None:  # no valid event time read yet: nothing can fire
-            step = self.logic.advance_until(customer, events, -(2**62))
         else:
-            step = self.logic.advance_until(customer, events, self.end)
+            step = self.logic.advance_until(customer, events, self.end if self.end is not None else -(2**62))
         yield from self.emit(step, customer)
         if self.last:
             METRICS.customers.inc()
             yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
         else:
-            yield beam.pvalue.TaggedOutput(SNAPSHOTS, (key, Snapshot(customer, step.remaining)))
+            self.store.put(key, Snapshot(customer, step.remaining), step.wake)
+
+    def finish_bundle(self) -> None:
+        self.store.commit()
+
+    def teardown(self) -> None:
+        self.store.close()
 
 
-def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, carried: Path | None, leave: Path) -> None:
+def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore) -> None:
+    due = store.keys() if last else store.due(end) if end is not None else []
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
     records = pipeline | "Chunk" >> beam.Create([str(chunk.path)]) | "Read" >> beam.ParDo(ReadChunkFn())
-    snapshots = None
-    if carried is not None:
-        snapshots = pipeline | "Carried" >> beam.Create([str(carried)]) | "ReadSnapshots" >> beam.FlatMap(_load_all)
-    step = ReplayCustomerFn(spec.config.rules, spec.config.stream, end, last)
-    outputs = build(spec, records, step, snapshots)
-    if not last:
-        _ = outputs[SNAPSHOTS] | "LeaveSnapshots" >> beam.ParDo(WriteSnapshotsFn(str(leave)))
+    wakes = None
+    if due:
+        path = chunk.path.with_suffix(".due")
+        with path.open("wb") as handle:
+            pickle.dump(due, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        wakes = pipeline | "Due" >> beam.Create([str(path)]) | "DueCustomers" >> beam.FlatMap(_due_keys)
+    step = ReplayCustomerFn(spec.config.rules, spec.config.stream, end, last, str(store.path))
+    build(spec, records, step, wakes)
     pipeline.run().wait_until_finish()
+
+
+def _due_keys(path: str) -> Iterator[tuple[str, None]]:
+    with open(path, "rb") as handle:
+        for key in pickle.load(handle):
+            yield key, None
 
 
 def run_file(spec: JobSpec) -> None:
@@ -185,13 +175,10 @@ def run_file(spec: JobSpec) -> None:
     worker_handlers.STATE_CACHE_SIZE_MB = 0
     with tempfile.TemporaryDirectory(prefix="segstream-replay-") as tmp:
         chunks, max_ts = split_into_chunks(spec, Path(tmp), spec.chunk_events)
-        carried: Path | None = None
+        store = SnapshotStore(Path(tmp) / "snapshots.db")
         for number, chunk in enumerate(chunks):
             last = number == len(chunks) - 1
             end = max(max_ts, spec.as_of or max_ts) if last and max_ts is not None else chunk.watermark
-            leave = Path(tmp) / f"snapshots-{number:05d}.pkl"
-            _run_chunk(spec, chunk, end, last, carried, leave)
+            _run_chunk(spec, chunk, end, last, store)
             chunk.path.unlink()
-            if carried is not None:
-                carried.unlink()
-            carried = leave if leave.exists() else None
+        store.close()
