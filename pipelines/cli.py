@@ -192,7 +192,7 @@ def main() -> None:
 @click.option(
     "--chunk-events",
     type=click.IntRange(min=1),
-    default=100_000,
+    default=250_000,
     show_default=True,
     help="Beam replays a file in pipelines of this many records; memory holds one chunk plus customer state.",
 )

@@ -27,7 +27,7 @@ class JobSpec:
     redis_prefix: str = "segstream"
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
-    chunk_events: int = 100_000  # a Beam file replay runs one pipeline per this many records
+    chunk_events: int = 250_000  # a Beam file replay runs one pipeline per this many records
 
     def cleaner(self) -> Cleaner:
         return Cleaner(self.config.cleaning)
