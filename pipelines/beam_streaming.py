@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import orjson
 from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
@@ -32,7 +31,7 @@ from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.redis_store import StopClock
 from pipelines.redis_stream import StreamReader, StreamSpec
-from pipelines.sources import RawRecord, record_event_time
+from pipelines.sources import RawRecord, decode_json, record_event_time
 from transforms.dead_letters import Reason, Rejection
 
 STOP = threading.Event()
@@ -42,22 +41,10 @@ _IDLE_TICK_MICROS = 1_000_000
 
 def to_record(spec: StreamSpec, entry_id: str, data: bytes | None, max_bytes: int) -> RawRecord:
     """A stream entry as a :class:`RawRecord` (decoding failures carry their rejection)."""
-    source = spec.source_name
     if data is None:
-        return RawRecord(source, entry_id, "", Rejection(Reason.MISSING_FIELD, "event", "entry has no 'event' field"))
-    if len(data) > max_bytes:
-        head = data[:256].decode("utf-8", "replace")
-        return RawRecord(
-            source,
-            entry_id,
-            head,
-            Rejection(Reason.OVERSIZED, None, f"record of {len(data)} bytes exceeds {max_bytes}"),
-        )
-    try:
-        return RawRecord(source, entry_id, orjson.loads(data))
-    except orjson.JSONDecodeError:
-        text = data.decode("utf-8", "replace")
-        return RawRecord(source, entry_id, text, Rejection(Reason.MALFORMED, None, "not valid JSON"))
+        why = "entry has no 'event' field"
+        return RawRecord(spec.source_name, entry_id, "", Rejection(Reason.MISSING_FIELD, "event", why))
+    return decode_json(data, spec.source_name, entry_id, max_bytes)
 
 
 def stream_batches(spec: StreamSpec, max_bytes: int) -> Iterator[list[RawRecord]]:

@@ -51,15 +51,17 @@ def check_source(path: Path) -> None:
                 raise SourceError(f"{path}: not a readable Avro container file ({error})") from None
 
 
-def _decode_line(line: bytes, max_bytes: int) -> tuple[Any, Rejection | None]:
-    if len(line) > max_bytes:
-        head = line[:256].decode("utf-8", "replace")
-        return head, Rejection(Reason.OVERSIZED, None, f"record of {len(line)} bytes exceeds {max_bytes}")
+def decode_json(data: bytes, source: str, position: str, max_bytes: int) -> RawRecord:
+    """One JSON-encoded record (a JSONL line, a stream entry); too large or not JSON carries its rejection."""
+    if len(data) > max_bytes:
+        head = data[:256].decode("utf-8", "replace")
+        why = f"record of {len(data)} bytes exceeds {max_bytes}"
+        return RawRecord(source, position, head, Rejection(Reason.OVERSIZED, None, why))
     try:
-        return orjson.loads(line), None
+        return RawRecord(source, position, orjson.loads(data))
     except orjson.JSONDecodeError:
-        text = line.decode("utf-8", "replace")
-        return text, Rejection(Reason.MALFORMED, None, "not valid JSON")
+        text = data.decode("utf-8", "replace")
+        return RawRecord(source, position, text, Rejection(Reason.MALFORMED, None, "not valid JSON"))
 
 
 def _jsonl(handle: BinaryIO, source: str, max_bytes: int) -> Iterator[RawRecord]:
@@ -67,8 +69,7 @@ def _jsonl(handle: BinaryIO, source: str, max_bytes: int) -> Iterator[RawRecord]
         line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
-        payload, error = _decode_line(line, max_bytes)
-        yield RawRecord(source, str(number), payload, error)
+        yield decode_json(line, source, str(number), max_bytes)
 
 
 def _from_avro(record: dict[str, Any]) -> dict[str, Any]:
