@@ -28,6 +28,7 @@ from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
+from tqdm import tqdm
 
 from pipelines.beam_pipeline import DEAD, FINAL, CustomerStepFn, build
 from pipelines.job import JobSpec
@@ -41,6 +42,7 @@ from transforms.rules import RuleSet
 @dataclass(frozen=True)
 class Chunk:
     path: Path  # pickled RawRecords
+    records: int
     watermark: int | None  # event time every customer reaches at the end of this chunk
 
 
@@ -60,6 +62,7 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
     max_ts: int | None = None
     handle: BinaryIO | None = None
     records = read_records(Path(spec.source), spec.config.cleaning.max_record_bytes, spec.progress)
+    done = 0
     for count, record in enumerate(records, start=1):
         if handle is None:
             path = directory / f"chunk-{len(chunks):05d}.pkl"
@@ -71,10 +74,11 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
         if count % chunk_events == 0:
             handle.close()
             handle = None
-            chunks.append(Chunk(path, None if max_ts is None else max_ts - out_of_order - 1))
+            chunks.append(Chunk(path, count - done, None if max_ts is None else max_ts - out_of_order - 1))
+            done = count
     if handle is not None:
         handle.close()
-        chunks.append(Chunk(path, None if max_ts is None else max_ts - out_of_order - 1))
+        chunks.append(Chunk(path, count - done, None if max_ts is None else max_ts - out_of_order - 1))
     return chunks, max_ts
 
 
@@ -176,9 +180,12 @@ def run_file(spec: JobSpec) -> None:
     with tempfile.TemporaryDirectory(prefix="segstream-replay-") as tmp:
         chunks, max_ts = split_into_chunks(spec, Path(tmp), spec.chunk_events)
         store = SnapshotStore(Path(tmp) / "snapshots.db")
-        for number, chunk in enumerate(chunks):
-            last = number == len(chunks) - 1
-            end = max(max_ts, spec.as_of or max_ts) if last and max_ts is not None else chunk.watermark
-            _run_chunk(spec, chunk, end, last, store)
-            chunk.path.unlink()
+        total = sum(chunk.records for chunk in chunks)
+        with tqdm(total=total, unit="ev", desc="replay", disable=not spec.progress, leave=False) as bar:
+            for number, chunk in enumerate(chunks):
+                last = number == len(chunks) - 1
+                end = max(max_ts, spec.as_of or max_ts) if last and max_ts is not None else chunk.watermark
+                _run_chunk(spec, chunk, end, last, store)
+                chunk.path.unlink()
+                bar.update(chunk.records)
         store.close()

@@ -146,7 +146,7 @@ _common = [
         type=click.Choice(ENGINES),
         default="beam",
         show_default=True,
-        help="beam: Apache Beam DirectRunner. core: the plain-Python reference loop (fastest, no engine).",
+        help="beam: Apache Beam DirectRunner. core: the plain-Python reference loop (fastest; files only).",
     ),
     click.option(
         "--config",
@@ -196,7 +196,9 @@ def main() -> None:
     show_default=True,
     help="Beam replays a file in pipelines of this many records; memory holds one chunk plus customer state.",
 )
-@click.option("--as-of", help="After the input ends, advance event time to this RFC 3339 time (fires timers).")
+@click.option(
+    "--as-of", help="After the input ends, advance event time to this time (RFC 3339 or epoch ms), firing timers."
+)
 @click.option("--now", help="Processing clock for the 'too far in the future' check (default: wall clock).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
 @click.option(
