@@ -83,3 +83,46 @@ def test_live_stream_drains_on_sigint_and_matches_a_replay(redis_url: str, tmp_p
     assert sorted(read_jsonl(out / "profiles.jsonl"), key=lambda p: p["customer_id"]) == sorted(
         read_jsonl(replay / "profiles.jsonl"), key=lambda p: p["customer_id"]
     )
+
+
+def test_a_killed_live_job_loses_nothing_its_successor_rereads_the_unacknowledged(
+    redis_url: str, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for line in sample_lines(customers=20):
+        client.xadd("orders", {"event": line})
+    source = redis_url.replace("redis://", "redis-stream://").rsplit("/", 1)[0] + "/orders"
+
+    def start(summary: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--redis-url", redis_url,
+             "--metrics-port", str(free_port()), "--now", str(NOW_MS), "--summary-out", str(summary)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    first = start(tmp_path / "first.json")
+    try:
+        wait_for(lambda: all_delivered(client, "orders", "segstream"))
+    finally:
+        first.kill()  # no drain: whatever is not yet acknowledged stays pending
+        first.wait()
+    unacknowledged = client.xpending("orders", "segstream")["pending"]
+    assert unacknowledged > 0  # the events still inside the out-of-orderness bound at least
+    second = start(tmp_path / "second.json")
+    try:
+        # The successor has re-read every entry its predecessor left unacknowledged.
+        wait_for(
+            lambda: all(
+                entry["times_delivered"] >= 2
+                for entry in client.xpending_range("orders", "segstream", "-", "+", count=10_000)
+            )
+        )
+        second.send_signal(signal.SIGINT)
+        _, stderr = second.communicate(timeout=180)
+    finally:
+        second.kill()
+    assert second.returncode == 0, stderr
+    assert client.xpending("orders", "segstream")["pending"] == 0
+    summary = json.loads((tmp_path / "second.json").read_text())
+    assert summary["events_in"] == unacknowledged
+    assert summary["events_in"] == summary["accepted"] + summary["duplicates"] + sum(summary["dead_letters"].values())
