@@ -26,6 +26,26 @@ def all_delivered(client: redis.Redis, stream: str, group: str) -> bool:
     return group in groups and groups[group]["last-delivered-id"] == last
 
 
+def stream_source(redis_url: str, stream: str, query: str = "") -> str:
+    return redis_url.replace("redis://", "redis-stream://").rsplit("/", 1)[0] + f"/{stream}{query}"
+
+
+def start_job(source: str, redis_url: str, *options: str) -> subprocess.Popen[str]:
+    """``segstream run`` on a live source, in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--redis-url", redis_url,
+         "--now", str(NOW_MS), *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def drain(job: subprocess.Popen[str]) -> None:
+    """SIGINT, then the job must drain and exit 0."""
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=180)
+    assert job.returncode == 0, stderr
+
+
 def wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -40,13 +60,11 @@ def test_live_stream_drains_on_sigint_and_matches_a_replay(redis_url: str, tmp_p
         client.xadd("clicks", {"event": line})
     port = free_port()
     out = tmp_path / "live"
-    source = redis_url.replace("redis://", "redis-stream://").rsplit("/", 1)[0] + "/clicks?group=jobs"
-    job = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--redis-url", redis_url,
-         "--metrics-port", str(port), "--now", str(NOW_MS),
-         "--changes-out", str(out / "changes.jsonl"), "--profiles-out", str(out / "profiles.jsonl"),
-         "--dead-letter-out", str(out / "dead.jsonl"), "--summary-out", str(out / "summary.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    job = start_job(
+        stream_source(redis_url, "clicks", "?group=jobs"), redis_url,
+        "--metrics-port", str(port), "--changes-out", str(out / "changes.jsonl"),
+        "--profiles-out", str(out / "profiles.jsonl"), "--dead-letter-out", str(out / "dead.jsonl"),
+        "--summary-out", str(out / "summary.json"),
     )  # fmt: skip
     try:
         wait_for(lambda: all_delivered(client, "clicks", "jobs"))
@@ -56,11 +74,9 @@ def test_live_stream_drains_on_sigint_and_matches_a_replay(redis_url: str, tmp_p
         wait_for(lambda: out.joinpath("changes.jsonl").stat().st_size > 0)  # changes flushed while live
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert "segstream_events_in_total" in metrics
-        job.send_signal(signal.SIGINT)
-        _, stderr = job.communicate(timeout=180)
+        drain(job)
     finally:
         job.kill()
-    assert job.returncode == 0, stderr
     assert client.xpending("clicks", "jobs")["pending"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["events_in"] == len(lines)
@@ -91,14 +107,10 @@ def test_a_killed_live_job_loses_nothing_its_successor_rereads_the_unacknowledge
     client = redis.Redis.from_url(redis_url)
     for line in sample_lines(customers=20):
         client.xadd("orders", {"event": line})
-    source = redis_url.replace("redis://", "redis-stream://").rsplit("/", 1)[0] + "/orders"
+    source = stream_source(redis_url, "orders")
 
     def start(summary: Path) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--redis-url", redis_url,
-             "--metrics-port", str(free_port()), "--now", str(NOW_MS), "--summary-out", str(summary)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        return start_job(source, redis_url, "--metrics-port", str(free_port()), "--summary-out", str(summary))
 
     first = start(tmp_path / "first.json")
     try:
@@ -117,11 +129,9 @@ def test_a_killed_live_job_loses_nothing_its_successor_rereads_the_unacknowledge
                 for entry in client.xpending_range("orders", "segstream", "-", "+", count=10_000)
             )
         )
-        second.send_signal(signal.SIGINT)
-        _, stderr = second.communicate(timeout=180)
+        drain(second)
     finally:
         second.kill()
-    assert second.returncode == 0, stderr
     assert client.xpending("orders", "segstream")["pending"] == 0
     summary = json.loads((tmp_path / "second.json").read_text())
     assert summary["events_in"] == unacknowledged
