@@ -98,6 +98,3 @@ class StreamReader:
         if backlog is not None:
             self._backlog_from = entries[-1][0].decode() if entries else None
         return [(entry_id.decode(), (fields or {}).get(b"event")) for entry_id, fields in entries]
-
-    def stop_key(self, prefix: str, run_id: str) -> str:
-        return f"{prefix}:run:{run_id}:stop_at"

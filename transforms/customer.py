@@ -86,11 +86,9 @@ class CustomerLogic:
     def new_state(self, customer_id: str) -> CustomerState:
         return CustomerState(customer_id)
 
-    def is_late(self, state: CustomerState | None, event: Event) -> bool:
-        """True when the customer's clock has passed ``event`` by more than the allowed lateness."""
-        return (
-            state is not None and state.clock is not None and (event.ts < state.clock - self.config.allowed_lateness_ms)
-        )
+    def _behind(self, clock: int | None, ts: int) -> bool:
+        """Whether an event at ``ts`` is later than the allowed lateness behind ``clock``."""
+        return clock is not None and ts < clock - self.config.allowed_lateness_ms
 
     def admit(self, clock: int | None, wake: int | None, event: Event) -> tuple[bool, int | None]:
         """Engine hook for an arriving event: ``(late, timer)``.
@@ -99,17 +97,16 @@ class CustomerLogic:
         and, when ``timer`` is not None, sets its event-time timer to ``timer`` (earlier than ``wake``,
         the timer already set). An event behind the clock but within the lateness fires at the clock.
         """
-        if clock is not None and event.ts < clock - self.config.allowed_lateness_ms:
+        if self._behind(clock, event.ts):
             return True, None
         due = event.ts if clock is None else max(event.ts, clock)
         return False, (due if wake is None or due < wake else None)
 
     def split_late(self, clock: int | None, events: list[Event]) -> tuple[list[Event], list[Event]]:
         """``(on time, late)``: :meth:`admit`'s lateness test, for engines that learn the clock later."""
-        if clock is None:
-            return events, []
-        cutoff = clock - self.config.allowed_lateness_ms
-        return [e for e in events if e.ts >= cutoff], [e for e in events if e.ts < cutoff]
+        on_time = [e for e in events if not self._behind(clock, e.ts)]
+        late = [e for e in events if self._behind(clock, e.ts)]
+        return on_time, late
 
     def advance_until(self, state: CustomerState, pending: list[Event], watermark: int) -> Step:
         """Fire this customer's timers one by one up to ``watermark``, as an engine whose watermark
