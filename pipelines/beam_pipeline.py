@@ -28,9 +28,9 @@ from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, StopClock, shared_client
 from pipelines.redis_stream import ack_target
 from transforms.cleaning import Cleaner, CleaningConfig
-from transforms.customer import CustomerLogic, CustomerState, Step, StreamConfig
+from transforms.config import JobConfig
+from transforms.customer import CustomerState, Step
 from transforms.dead_letters import DeadLetter
-from transforms.rules import RuleSet
 
 DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
 
@@ -60,12 +60,11 @@ class CleanFn(beam.DoFn):
 class CustomerStepFn(beam.DoFn):
     """What every customer step shares: the core logic and how a :class:`Step` becomes outputs."""
 
-    def __init__(self, rules: RuleSet, stream: StreamConfig) -> None:
-        self.rules = rules
-        self.stream = stream
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
 
     def setup(self) -> None:
-        self.logic = CustomerLogic(self.rules, self.stream)
+        self.logic = self.config.logic()
 
     def emit(self, step: Step, customer: CustomerState, acknowledge: bool = False) -> Iterator[Any]:
         METRICS.record_step(step)
@@ -91,8 +90,8 @@ class LiveCustomerFn(CustomerStepFn):
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
-    def __init__(self, rules: RuleSet, stream: StreamConfig, stop_clock: StopClock) -> None:
-        super().__init__(rules, stream)
+    def __init__(self, config: JobConfig, stop_clock: StopClock) -> None:
+        super().__init__(config)
         self.stop_clock = stop_clock
 
     def process(

@@ -30,13 +30,14 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 from tqdm import tqdm
 
-from pipelines.beam_pipeline import DEAD, FINAL, CustomerStepFn, build
+from pipelines.beam_pipeline import DEAD, CustomerStepFn, build
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
+from pipelines.outputs import OutputSink
 from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import read_records, record_event_time
-from transforms.customer import Snapshot, StreamConfig
-from transforms.rules import RuleSet
+from transforms.config import JobConfig
+from transforms.customer import Snapshot
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class ReplayCustomerFn(CustomerStepFn):
     PENDING = BagStateSpec("pending", PickleCoder())
     END = TimerSpec("end", TimeDomain.WATERMARK)
 
-    def __init__(self, rules: RuleSet, stream: StreamConfig, end: int | None, last: bool, store: str) -> None:
-        super().__init__(rules, stream)
+    def __init__(self, config: JobConfig, end: int | None, last: bool, store: str) -> None:
+        super().__init__(config)
         self.end = end
         self.last = last
         self.store_path = store
@@ -112,6 +113,9 @@ class ReplayCustomerFn(CustomerStepFn):
     def setup(self) -> None:
         super().setup()
         self.store = SnapshotStore(Path(self.store_path))
+        population = self.store.get_shared("population")
+        if population is not None:  # the RFM population carries over from the previous chunk
+            self.logic.model.population = population
 
     def process(
         self,
@@ -137,13 +141,10 @@ class ReplayCustomerFn(CustomerStepFn):
         else:
             step = self.logic.advance_until(customer, events, self.end if self.end is not None else -(2**62))
         yield from self.emit(step, customer)
-        if self.last:
-            METRICS.customers.inc()
-            yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
-        else:
-            self.store.put(key, Snapshot(customer, step.remaining), step.wake)
+        self.store.put(key, Snapshot(customer, step.remaining), None if self.last else step.wake)
 
     def finish_bundle(self) -> None:
+        self.store.put_shared("population", self.logic.model.population)
         self.store.commit()
 
     def teardown(self) -> None:
@@ -160,7 +161,7 @@ def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: 
         with path.open("wb") as handle:
             pickle.dump(due, handle, protocol=pickle.HIGHEST_PROTOCOL)
         wakes = pipeline | "Due" >> beam.Create([str(path)]) | "DueCustomers" >> beam.FlatMap(_due_keys)
-    step = ReplayCustomerFn(spec.config.rules, spec.config.stream, end, last, str(store.path))
+    step = ReplayCustomerFn(spec.config, end, last, str(store.path))
     build(spec, records, step, wakes)
     pipeline.run().wait_until_finish()
 
@@ -188,4 +189,19 @@ def run_file(spec: JobSpec) -> None:
                 _run_chunk(spec, chunk, end, last, store)
                 chunk.path.unlink()
                 bar.update(chunk.records)
+        _write_final_profiles(spec, store)
         store.close()
+
+
+def _write_final_profiles(spec: JobSpec, store: SnapshotStore) -> None:
+    """Once every customer reached the end, their profiles, ranked against the complete RFM population."""
+    logic = spec.logic()
+    population = store.get_shared("population")
+    if population is not None:
+        logic.model.population = population
+    logic.model.population.refresh()
+    sink = OutputSink(spec.redis_url, spec.outputs, logic.profile, spec.redis_prefix)
+    for snapshot in store.snapshots():
+        sink.final_profile(snapshot.state)
+        METRICS.customers.inc()
+    sink.close()

@@ -52,11 +52,14 @@ class CoreEngine:
         self.sink.close()
 
     def _finish(self, end: int) -> None:
-        """Input done: every customer goes to ``end`` (timers up to it fire), then its final profile."""
+        """Input done: every customer goes to ``end`` (timers up to it fire); then, against the
+        complete RFM population, every final profile."""
         self.timers.clear()
         self.wakes.clear()
         for key, state in self.states.items():
             self._emit(key, self.logic.on_timer(state, self.pending.pop(key, []), end, end, bounded=True))
+        self.logic.model.population.refresh()
+        for state in self.states.values():
             self.sink.final_profile(state)
             METRICS.customers.inc()
 

@@ -28,12 +28,13 @@ class JobSpec:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     chunk_events: int = 250_000  # a Beam file replay runs one pipeline per this many records
+    engine_conf: tuple[tuple[str, str], ...] = ()  # Flink configuration (KEY, VALUE) pairs: --flink-conf
 
     def cleaner(self) -> Cleaner:
         return Cleaner(self.config.cleaning)
 
     def logic(self) -> CustomerLogic:
-        return CustomerLogic(self.config.rules, self.config.stream)
+        return self.config.logic()
 
 
 def clean_record(cleaner: Cleaner, record: RawRecord, now_ms: int) -> Event | DeadLetter:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from transforms.customer import Snapshot
 
@@ -29,6 +31,7 @@ class SnapshotStore:
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, wake INTEGER, data BLOB)")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_wake ON snapshots (wake)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS shared (name TEXT PRIMARY KEY, data BLOB)")
 
     def get(self, key: str) -> Snapshot | None:
         row = self._db.execute("SELECT data FROM snapshots WHERE key = ?", (key,)).fetchone()
@@ -38,9 +41,23 @@ class SnapshotStore:
         data = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
         self._db.execute("INSERT OR REPLACE INTO snapshots (key, wake, data) VALUES (?, ?, ?)", (key, wake, data))
 
+    def get_shared(self, name: str) -> Any:
+        """A value all customers share (the RFM population), or None."""
+        row = self._db.execute("SELECT data FROM shared WHERE name = ?", (name,)).fetchone()
+        return pickle.loads(row[0]) if row else None
+
+    def put_shared(self, name: str, value: object) -> None:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        self._db.execute("INSERT OR REPLACE INTO shared (name, data) VALUES (?, ?)", (name, data))
+
     def due(self, watermark: int) -> list[str]:
         """Customers whose next timer is at or before ``watermark``."""
         return [row[0] for row in self._db.execute("SELECT key FROM snapshots WHERE wake <= ?", (watermark,))]
+
+    def snapshots(self) -> Iterator[Snapshot]:
+        """Every stored snapshot, by key."""
+        for (data,) in self._db.execute("SELECT data FROM snapshots ORDER BY key"):
+            yield pickle.loads(data)
 
     def keys(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT key FROM snapshots")]

@@ -178,8 +178,13 @@ def test_cart_abandoner_expires_after_24_hours_by_timer() -> None:
         [("00:00", "add_to_cart"), ("25:00", "watermark")],
         [("00:30", "cart_abandoner", "entered", "rule"), ("24:00:00.001", "cart_abandoner", "exited", "expiry")],
     )
-    assert engine.states["user:u1"].segments == {}
+    state = engine.states["user:u1"]
+    assert state.segments == {}
+    # What is left is the state's own expiry: once the longest window (30 d by 1 d) has passed.
+    assert engine.wakes == {"user:u1": at("00:00") + 31 * DAY + 1}
+    engine.watermark(at("00:00") + 31 * DAY + 1)
     assert engine.wakes == {}
+    assert not state.recent_event_ids and state.profile.activity.panes == {}
 
 
 def test_second_add_to_cart_restarts_the_clock() -> None:
@@ -523,7 +528,7 @@ def by_customer(events: list[Event]) -> dict[str, list[Event]]:
 
 
 def end_of(events: list[Event]) -> int:
-    return max(e.ts for e in events) + 31 * DAY
+    return max(e.ts for e in events) + 32 * DAY  # past every rule timer and the state's expiry
 
 
 def run_batch(logic: CustomerLogic, events: list[Event], end: int) -> Outcome:

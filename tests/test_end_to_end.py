@@ -190,7 +190,7 @@ def run_process(*args: str) -> subprocess.CompletedProcess[str]:
         ("missing_file", "no such file"),
         ("unreadable_avro", "not a readable Avro"),
         ("bad_yaml", "not valid YAML at line"),
-        ("unknown_rule_feature", "rule 'x': unknown numeric feature"),
+        ("unknown_rule_feature", "rule 'x': unknown feature 'nope'"),
         ("unreachable_redis", "cannot reach Redis"),
         ("bad_as_of", "--as-of"),
         ("unknown_format", "unknown input format"),

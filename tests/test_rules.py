@@ -111,14 +111,27 @@ def test_segments_are_sorted_by_name() -> None:
 # --- validation: the message names the rule and the problem ----------------------------------
 
 RULE_ERRORS: list[tuple[str, object, list[str]]] = [
-    ("unknown feature", {"feature": "spent", ">": 1}, ["rule 'seg'", "unknown numeric feature 'spent'"]),
-    ("time feature compared", {"feature": "last.purchase", ">": 1}, ["unknown numeric feature 'last.purchase'"]),
-    ("unknown time feature", {"since": "last.buy", "at_most": "1d"}, ["rule 'seg'", "unknown time feature 'last.buy'"]),
+    ("unknown feature", {"feature": "spent", ">": 1}, ["rule 'seg'", "unknown feature 'spent'"]),
     (
-        "unknown time feature in than",
-        {"after": "last.purchase", "than": "spend"},
-        ["rule 'seg'", "unknown time feature 'spend'"],
+        "time feature compared",
+        {"feature": "last.purchase", ">": 1},
+        ["type mismatch: 'last.purchase' is a time, not a number", "since/after"],
     ),
+    ("unknown time feature", {"since": "last.buy", "at_most": "1d"}, ["rule 'seg'", "unknown feature 'last.buy'"]),
+    (
+        "number where a time is needed",
+        {"after": "last.purchase", "than": "spend"},
+        ["rule 'seg'", "type mismatch: 'spend' is a number, not a time"],
+    ),
+    (
+        "unknown window",
+        {"feature": "window.2d.sessions", ">": 5},
+        ["rule 'seg'", "unknown window '2d' in 'window.2d.sessions' (configured: 1h, 24h, 7d, 30d)"],
+    ),
+    ("unknown window metric", {"feature": "window.7d.visits", ">": 5}, ["unknown window metric 'visits'"]),
+    ("window as a time", {"since": "window.7d.sessions", "within": "1d"}, ["type mismatch"]),
+    ("within and at_most", {"since": "last.purchase", "within": "1d", "at_most": "2d"}, ["say the same thing"]),
+    ("bad within", {"since": "last.purchase", "within": "soon"}, ["rule 'seg'", "within: bad duration 'soon'"]),
     ("bad duration", {"since": "last.purchase", "at_most": "30 days"}, ["rule 'seg'", "bad duration '30 days'"]),
     ("duration without unit", {"since": "last.purchase", "at_least": 30}, ["rule 'seg'", "bad duration 30"]),
     ("unknown operator", {"feature": "spend", "=>": 1}, ["rule 'seg'", "unknown comparison '=>'"]),
@@ -129,7 +142,7 @@ RULE_ERRORS: list[tuple[str, object, list[str]]] = [
     ("empty all", {"all": []}, ["rule 'seg'", "'all' needs a non-empty list"]),
     ("empty any", {"any": []}, ["rule 'seg'", "'any' needs a non-empty list"]),
     ("any not a list", {"any": {"feature": "spend", ">": 1}}, ["'any' needs a non-empty list"]),
-    ("nested error path", {"not": {"any": [{"feature": "x", ">": 1}]}}, ["at not.any[0]", "unknown numeric feature"]),
+    ("nested error path", {"not": {"any": [{"feature": "x", ">": 1}]}}, ["at not.any[0]", "unknown feature 'x'"]),
     ("since without bound", {"since": "last.purchase"}, ["rule 'seg'", "cannot read condition with keys ['since']"]),
     ("mixed keys", {"feature": "spend", ">": 1, "<": 5}, ["cannot read condition with keys ['<', '>', 'feature']"]),
 ]
@@ -290,7 +303,7 @@ def test_load_config_unknown_key_in_file(tmp_path: Path) -> None:
 
 def test_load_config_rule_error_in_file(tmp_path: Path) -> None:
     path = write(tmp_path, "segments:\n  churned: {since: last.purchase, at_least: 90 days}\n")
-    with pytest.raises(ConfigError, match="rule 'churned': bad duration '90 days'"):
+    with pytest.raises(ConfigError, match="rule 'churned': at_least: bad duration '90 days'"):
         load_config(path)
 
 

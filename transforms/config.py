@@ -1,4 +1,4 @@
-"""The job configuration file (YAML): segment rules, cleaning and event-time settings.
+"""The job configuration file (YAML): segment rules, windows, engagement, cleaning, event time.
 
 Every key is documented in the README. Unknown keys are errors, so a typo never passes silently.
 
@@ -11,21 +11,29 @@ Every key is documented in the README. Unknown keys are errors, so a typo never 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from transforms.cleaning import CleaningConfig
-from transforms.customer import StreamConfig
+from transforms.customer import CustomerLogic, StreamConfig
+from transforms.engagement import DEFAULT_WEIGHTS, EngagementConfig
+from transforms.events import EVENT_TYPES
+from transforms.profile import DEFAULT_WINDOWS, ProfileConfig, ProfileModel
 from transforms.rules import RuleError, RuleSet, parse_duration, parse_rules
+from transforms.subscribers import WebhookConfigError, WebhooksConfig, parse_webhooks
+from transforms.windows import WindowSpec
 
 DEFAULT_EMAIL_SALT = "segstream-insecure-default-salt"
 SALT_ENV = "SEGSTREAM_EMAIL_SALT"
-_TOP_KEYS = {"version", "segments", "cleaning", "stream"}
+_TOP_KEYS = {"version", "segments", "cleaning", "stream", "webhooks", "windows", "sessions", "engagement"}
 _CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes"}
 _STREAM_KEYS = {"max_out_of_orderness", "allowed_lateness", "dedup_horizon"}
+_ENGAGEMENT_KEYS = {"weights", "half_life", "saturation"}
+_WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class ConfigError(ValueError):
@@ -38,6 +46,12 @@ class JobConfig:
     cleaning: CleaningConfig
     stream: StreamConfig
     default_salt: bool  # True when no salt was configured (a warning is printed)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)  # subscribers (transforms/subscribers.py)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)  # windows, sessions, engagement
+
+    def logic(self) -> CustomerLogic:
+        """The per-customer core this configuration describes (one per worker)."""
+        return CustomerLogic(self.rules, self.stream, self.profile)
 
 
 def _section(document: Mapping[str, object], name: str, allowed: set[str]) -> Mapping[str, object]:
@@ -66,8 +80,9 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
     unknown = set(document) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"config: unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
+    profile = _profile(document)
     try:
-        rules = parse_rules(document)
+        rules = parse_rules(document, ProfileModel(profile).kind)
     except RuleError as error:
         raise ConfigError(str(error)) from None
     cleaning = _section(document, "cleaning", _CLEANING_KEYS)
@@ -78,6 +93,10 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
     max_bytes = cleaning.get("max_record_bytes", clean_defaults.max_record_bytes)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ConfigError("config: cleaning.max_record_bytes must be a positive integer")
+    try:
+        webhooks = parse_webhooks(document.get("webhooks"), known_segments=set(rules.segments))
+    except WebhookConfigError as error:
+        raise ConfigError(f"config: {error}") from None
     return JobConfig(
         rules=rules,
         cleaning=CleaningConfig(
@@ -93,7 +112,62 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
             dedup_horizon_ms=_duration(stream, "dedup_horizon", "stream", defaults.dedup_horizon_ms),
         ),
         default_salt=not salt,
+        webhooks=webhooks,
+        profile=profile,
     )
+
+
+def _windows(document: Mapping[str, object]) -> tuple[WindowSpec, ...]:
+    if "windows" not in document:
+        return DEFAULT_WINDOWS
+    section = document["windows"]
+    if not isinstance(section, Mapping) or not section:
+        raise ConfigError("config: 'windows' must map window names to {size: ..., slide: ...}")
+    specs = []
+    for name, spec in section.items():
+        where = f"windows.{name}"
+        if not isinstance(name, str) or not _WINDOW_NAME.match(name):
+            raise ConfigError(f"config: {where}: window names are lower case letters, digits and _ (e.g. 7d)")
+        if not isinstance(spec, Mapping) or set(spec) != {"size", "slide"}:
+            raise ConfigError(f"config: {where}: give exactly size and slide, e.g. {{size: 7d, slide: 1d}}")
+        size, slide = _duration(spec, "size", where, 0), _duration(spec, "slide", where, 0)
+        try:
+            specs.append(WindowSpec(name, size, slide))
+        except ValueError:
+            raise ConfigError(f"config: {where}: size must be a positive multiple of slide") from None
+    return tuple(specs)
+
+
+def _engagement(document: Mapping[str, object]) -> EngagementConfig:
+    section = _section(document, "engagement", _ENGAGEMENT_KEYS)
+    defaults = EngagementConfig()
+    weights = section.get("weights", {})
+    if not isinstance(weights, Mapping):
+        raise ConfigError("config: engagement.weights must map event types to numbers")
+    for kind, weight in weights.items():
+        if kind not in EVENT_TYPES:
+            raise ConfigError(f"config: engagement.weights: unknown event type {kind!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ConfigError(f"config: engagement.weights.{kind}: needs a number >= 0, got {weight!r}")
+    saturation = section.get("saturation", defaults.saturation)
+    if isinstance(saturation, bool) or not isinstance(saturation, int | float) or saturation <= 0:
+        raise ConfigError("config: engagement.saturation must be a positive number")
+    half_life = _duration(section, "half_life", "engagement", defaults.half_life_ms)
+    if half_life <= 0:
+        raise ConfigError("config: engagement.half_life must be positive")
+    return EngagementConfig(
+        weights={**DEFAULT_WEIGHTS, **{str(k): float(v) for k, v in weights.items()}},
+        half_life_ms=half_life,
+        saturation=float(saturation),
+    )
+
+
+def _profile(document: Mapping[str, object]) -> ProfileConfig:
+    sessions = _section(document, "sessions", {"gap"})
+    gap = _duration(sessions, "gap", "sessions", ProfileConfig().session_gap_ms)
+    if gap <= 0:
+        raise ConfigError("config: sessions.gap must be positive")
+    return ProfileConfig(windows=_windows(document), session_gap_ms=gap, engagement=_engagement(document))
 
 
 def load_config(path: str | Path | None) -> JobConfig:

@@ -6,7 +6,7 @@ rule timers in event-time order (ties by event id), so every engine and every re
 same changes with the same ``seq``. It returns the time at which it wants to be woken next.
 
 >>> from transforms.rules import parse_rules
->>> rules = parse_rules({"version": "v1", "segments": {"recent_buyer": {"since": "last.purchase", "at_most": "1d"}}})
+>>> rules = parse_rules({"version": "v1", "segments": {"recent_buyer": {"since": "last.purchase", "within": "1d"}}})
 >>> logic = CustomerLogic(rules, StreamConfig())
 >>> state = logic.new_state("user:u1")
 >>> buy = Event("e1", "purchase", 1_000, user_id="u1", order_id="o1", amount=5.0, currency="EUR")
@@ -28,6 +28,8 @@ from transforms.changes import SegmentChange, change_id
 from transforms.dead_letters import DeadLetter, Reason
 from transforms.events import Event
 from transforms.features import Features
+from transforms.profile import ProfileConfig, ProfileModel, ProfileState
+from transforms.rfm import Population
 from transforms.rules import RuleSet
 
 MAX_IDENTIFIERS_PER_KIND = 20
@@ -50,10 +52,15 @@ class CustomerState:
     clock: int | None = None  # event time this customer has been advanced to
     seq: int = 0
     segments: dict[str, int] = field(default_factory=dict)  # segment -> entered at
-    features: Features = field(default_factory=Features)
+    profile: ProfileState = field(default_factory=ProfileState)
     identifiers: dict[str, list[str]] = field(default_factory=dict)
     recent_event_ids: dict[str, int] = field(default_factory=dict)  # event id -> ts, insertion ordered
     rule_wake: int | None = None
+    rules_version: str | None = None  # the rule set the segments were last evaluated with
+
+    @property
+    def features(self) -> Features:
+        return self.profile.features
 
 
 @dataclass(slots=True)
@@ -79,12 +86,19 @@ class Step:
 class CustomerLogic:
     """Stateless behaviour over :class:`CustomerState` values."""
 
-    def __init__(self, rules: RuleSet, config: StreamConfig) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        config: StreamConfig,
+        profile: ProfileConfig | None = None,
+        population: Population | None = None,
+    ) -> None:
         self.rules = rules
         self.config = config
+        self.model = ProfileModel(profile or ProfileConfig(), population)
 
     def new_state(self, customer_id: str) -> CustomerState:
-        return CustomerState(customer_id)
+        return CustomerState(customer_id, rules_version=self.rules.version)
 
     def _behind(self, clock: int | None, ts: int) -> bool:
         """Whether an event at ``ts`` is later than the allowed lateness behind ``clock``."""
@@ -155,6 +169,9 @@ class CustomerLogic:
     def advance(self, state: CustomerState, pending: list[Event], to_ts: int) -> Step:
         """Apply pending events and rule timers up to ``to_ts`` in event-time order."""
         step = Step()
+        if state.rules_version != self.rules.version and state.clock is not None:
+            self._evaluate(state, state.clock, from_timer=False, step=step)  # a changed rule set
+        state.rules_version = self.rules.version
         due = sorted((e for e in pending if e.ts <= to_ts), key=lambda e: e.order_key)
         step.remaining = [e for e in pending if e.ts > to_ts]
         floor = state.clock if state.clock is not None else -(2**62)
@@ -163,10 +180,11 @@ class CustomerLogic:
             self._apply(state, event, max(event.ts, floor), step)
         self._fire_rule_timers(state, to_ts, step)
         state.clock = to_ts if state.clock is None else max(state.clock, to_ts)
-        self._expire_event_ids(state)
+        self._expire(state)
         wakes = [e.ts for e in step.remaining]
-        if state.rule_wake is not None:
-            wakes.append(state.rule_wake)
+        for wake in (state.rule_wake, self._expires_at(state)):
+            if wake is not None:
+                wakes.append(wake)
         step.wake = min(wakes, default=None)
         return step
 
@@ -179,7 +197,7 @@ class CustomerLogic:
             return
         state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
-        state.features.add(event)
+        self.model.add(state.profile, event)
         self._remember_identifiers(state, event)
         step.accepted.append(event)
         step.touched = True
@@ -190,7 +208,8 @@ class CustomerLogic:
             self._evaluate(state, state.rule_wake, from_timer=True, step=step)
 
     def _evaluate(self, state: CustomerState, now: int, from_timer: bool, step: Step) -> None:
-        members, wake = self.rules.evaluate(state.features, now)
+        view = self.model.view(state.profile, now)
+        members, wake = self.rules.evaluate(view, now)
         state.rule_wake = wake if wake is None or wake > now else None
         current = set(state.segments)
         for segment in sorted(current | members):
@@ -210,7 +229,7 @@ class CustomerLogic:
                     event_time=now,
                     reason=reason,
                     rules_version=self.rules.version,
-                    scores=self.rules.decided_by(segment, state.features),
+                    scores=self.rules.decided_by(segment, view),
                 )
             )
             if entered:
@@ -225,14 +244,25 @@ class CustomerLogic:
             if value not in known and len(known) < MAX_IDENTIFIERS_PER_KIND:
                 known.append(value)
 
-    def _expire_event_ids(self, state: CustomerState) -> None:
-        cutoff = (state.clock or 0) - self.config.dedup_horizon_ms
+    def _expire(self, state: CustomerState) -> None:
+        """Drop event ids past the dedup horizon and window data no window can see again."""
+        clock = state.clock or 0
+        cutoff = clock - self.config.dedup_horizon_ms
         ids = state.recent_event_ids
         while ids:
             oldest = next(iter(ids))
             if ids[oldest] >= cutoff:
                 break
             del ids[oldest]
+        self.model.prune(state.profile, clock - self.config.allowed_lateness_ms)
+
+    def _expires_at(self, state: CustomerState) -> int | None:
+        """When :meth:`_expire` will next have something to drop (a timer, so idle state shrinks)."""
+        last = state.features.last_seen
+        if last is None or (not state.recent_event_ids and self.model.windows.is_empty(state.profile.activity)):
+            return None
+        keep = max(self.config.dedup_horizon_ms, self.model.windows.longest)
+        return max(last + keep + self.config.allowed_lateness_ms + 1, (state.clock or last) + 1)
 
     def profile(self, state: CustomerState) -> dict[str, Any]:
         """The customer's profile as readers see it (Redis and ``--profiles-out``)."""
@@ -241,8 +271,7 @@ class CustomerLogic:
             "identifiers": {kind: list(values) for kind, values in sorted(state.identifiers.items())},
             "segments": sorted(state.segments),
             "seq": state.seq,
-            "features": state.features.to_dict(),
-            "engagement_score": None,
+            **self.model.render(state.profile, state.clock),
             "churn_score": None,
             "propensity_score": None,
             "as_of": state.clock,

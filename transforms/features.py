@@ -65,6 +65,10 @@ class Features:
             return self.last_at.get(tail)
         return getattr(self, name)
 
+    def next_change(self, name: str, threshold: float) -> None:
+        """Lifetime features change only with events (so :class:`Features` can serve as a rule view)."""
+        return None
+
     def to_dict(self) -> dict[str, object]:
         return {
             "counts": dict(sorted(self.counts.items())),

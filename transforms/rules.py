@@ -1,21 +1,27 @@
-"""Segment rules loaded from YAML, evaluated against :class:`Features` at an event time.
+"""Segment rules loaded from YAML, evaluated against a customer's features at an event time.
 
-A rule is a condition tree. Leaves:
+A rule is a condition tree over the features named in :mod:`transforms.profile`. Leaves:
 
-- ``{since: <time feature>, at_least: 30m}`` / ``{since: ..., at_most: 24h}`` (both may be given):
-  how long ago the feature's time was; false when the feature is absent.
+- ``{since: <time feature>, at_least: 30m}`` / ``{since: ..., at_most: 24h}`` (both may be given;
+  ``within: 24h`` is ``at_most``: "within the last 24 h"): how long ago the feature's time was;
+  false when the feature is absent.
 - ``{after: <time feature>, than: <time feature>}``: the first is later than the second (an absent
   second counts as never).
 - ``{feature: <numeric feature>, <op>: <number>}`` with op one of ``> >= < <= == !=``.
 
 Branches: ``{all: [...]}``, ``{any: [...]}``, ``{not: {...}}``. Durations: ``<int><ms|s|m|h|d>``.
 
-Every condition also says when its value may next change with no new event (``next_flip``), which
-is how exits (and delayed entries such as cart abandonment) fire by event-time timers.
+Every condition also says when its value may next change with no new event (``next_flip``): a
+``since`` bound passing, a window's oldest pane leaving it, the engagement score decaying past a
+threshold. That is how exits (and delayed entries such as cart abandonment) fire by event-time timers.
 
->>> rules = parse_rules({"version": "1", "segments": {"recent_buyer": {"since": "last.purchase", "at_most": "30d"}}})
->>> features = Features(last_at={"purchase": 0})
->>> rules.evaluate(features, now=1000)
+>>> from transforms.features import Features
+>>> from transforms.profile import ProfileModel, ProfileConfig, ProfileState
+>>> model = ProfileModel(ProfileConfig())
+>>> rules = parse_rules({"version": "1", "segments": {"recent_buyer": {"since": "last.purchase", "within": "30d"}}},
+...                     model.kind)
+>>> state = ProfileState(features=Features(last_at={"purchase": 0}))
+>>> rules.evaluate(model.view(state, 1000), now=1000)
 ({'recent_buyer'}, 2592000001)
 """
 
@@ -31,8 +37,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-
-from transforms.features import NUMERIC_FEATURES, TIME_FEATURES, Features
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -63,8 +67,19 @@ def parse_duration(text: object) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
+class View(Protocol):
+    """What conditions read: feature values at the view's time (see :class:`transforms.profile.FeatureView`)."""
+
+    def value(self, name: str) -> float | int | None: ...
+
+    def next_change(self, name: str, threshold: float) -> int | None: ...
+
+
+Kinds = Callable[[str], str]  # feature name -> "time" | "number"; ValueError for an unknown name
+
+
 class Condition(Protocol):
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]: ...
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]: ...
 
     def numeric_features(self) -> set[str]: ...
 
@@ -80,7 +95,7 @@ class Since:
     at_least: int | None
     at_most: int | None
 
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
         at = features.value(self.feature)
         if at is None:
             return False, None
@@ -106,7 +121,7 @@ class After:
     feature: str
     than: str
 
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
         first, second = features.value(self.feature), features.value(self.than)
         return first is not None and (second is None or first > second), None
 
@@ -120,8 +135,9 @@ class Compare:
     op: str
     value: float
 
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
-        return _OPERATORS[self.op](features.value(self.feature), self.value), None
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
+        holds = _OPERATORS[self.op](features.value(self.feature) or 0, self.value)
+        return holds, features.next_change(self.feature, self.value)
 
     def numeric_features(self) -> set[str]:
         return {self.feature}
@@ -131,7 +147,7 @@ class Compare:
 class AllOf:
     parts: tuple[Condition, ...]
 
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
         results = [part.evaluate(features, now) for part in self.parts]
         return all(r[0] for r in results), _earliest(*(r[1] for r in results))
 
@@ -141,7 +157,7 @@ class AllOf:
 
 @dataclass(frozen=True)
 class AnyOf(AllOf):
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
         results = [part.evaluate(features, now) for part in self.parts]
         return any(r[0] for r in results), _earliest(*(r[1] for r in results))
 
@@ -150,7 +166,7 @@ class AnyOf(AllOf):
 class Not:
     part: Condition
 
-    def evaluate(self, features: Features, now: int) -> tuple[bool, int | None]:
+    def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
         holds, flip = self.part.evaluate(features, now)
         return not holds, flip
 
@@ -158,13 +174,21 @@ class Not:
         return self.part.numeric_features()
 
 
-def _time_feature(name: object, where: str) -> str:
-    if name not in TIME_FEATURES:
-        raise ValueError(f"{where}: unknown time feature {name!r} (known: {', '.join(sorted(TIME_FEATURES))})")
-    return str(name)
+def _feature(name: object, kind: str, kinds: Kinds, where: str) -> str:
+    """``name`` if it is a known feature of ``kind``; else ValueError naming the problem."""
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: a feature name must be a string, got {name!r}")
+    try:
+        found = kinds(name)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    if found != kind:
+        use = "compare it with since/after" if found == "time" else "compare it with feature: and an operator"
+        raise ValueError(f"{where}: type mismatch: {name!r} is a {found}, not a {kind} ({use})")
+    return name
 
 
-def _parse_condition(spec: object, where: str) -> Condition:
+def _parse_condition(spec: object, where: str, kinds: Kinds) -> Condition:
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where}: a condition must be a mapping, got {type(spec).__name__}")
     keys = set(spec) - {"description"}
@@ -173,27 +197,38 @@ def _parse_condition(spec: object, where: str) -> Condition:
         parts = spec[key]
         if not isinstance(parts, list) or not parts:
             raise ValueError(f"{where}: {key!r} needs a non-empty list of conditions")
-        parsed = tuple(_parse_condition(p, f"{where}.{key}[{i}]") for i, p in enumerate(parts))
+        parsed = tuple(_parse_condition(p, f"{where}.{key}[{i}]", kinds) for i, p in enumerate(parts))
         return AllOf(parsed) if key == "all" else AnyOf(parsed)
     if keys == {"not"}:
-        return Not(_parse_condition(spec["not"], f"{where}.not"))
-    if "since" in keys and keys <= {"since", "at_least", "at_most"} and len(keys) > 1:
-        bounds = {k: parse_duration(spec[k]) if k in spec else None for k in ("at_least", "at_most")}
-        return Since(_time_feature(spec["since"], where), bounds["at_least"], bounds["at_most"])
+        return Not(_parse_condition(spec["not"], f"{where}.not", kinds))
+    if "since" in keys and keys <= {"since", "at_least", "at_most", "within"} and len(keys) > 1:
+        if {"at_most", "within"} <= keys:
+            raise ValueError(f"{where}: 'within' and 'at_most' say the same thing; give one")
+        bounds = {k: _bound(spec, k, where) for k in ("at_least", "at_most", "within")}
+        at_most = bounds["within"] if bounds["at_most"] is None else bounds["at_most"]
+        return Since(_feature(spec["since"], "time", kinds, where), bounds["at_least"], at_most)
     if keys == {"after", "than"}:
-        return After(_time_feature(spec["after"], where), _time_feature(spec["than"], where))
+        return After(_feature(spec["after"], "time", kinds, where), _feature(spec["than"], "time", kinds, where))
     if "feature" in keys and len(keys) == 2:
         (op,) = keys - {"feature"}
         name = spec["feature"]
         if op not in _OPERATORS:
             raise ValueError(f"{where}: unknown comparison {op!r} (use one of {' '.join(_OPERATORS)})")
-        if name not in NUMERIC_FEATURES:
-            raise ValueError(f"{where}: unknown numeric feature {name!r}")
+        _feature(name, "number", kinds, where)
         value = spec[op]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: {name} {op} needs a number, got {value!r}")
         return Compare(str(name), op, float(value))
     raise ValueError(f"{where}: cannot read condition with keys {sorted(keys)}")
+
+
+def _bound(spec: Mapping[str, object], key: str, where: str) -> int | None:
+    if key not in spec:
+        return None
+    try:
+        return parse_duration(spec[key])
+    except ValueError as error:
+        raise ValueError(f"{where}: {key}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -203,7 +238,7 @@ class RuleSet:
     version: str
     segments: dict[str, Condition]
 
-    def evaluate(self, features: Features, now: int) -> tuple[set[str], int | None]:
+    def evaluate(self, features: View, now: int) -> tuple[set[str], int | None]:
         """Segments the customer is in at ``now``, and the earliest time that may change unprompted."""
         members: set[str] = set()
         wake: int | None = None
@@ -214,13 +249,23 @@ class RuleSet:
             wake = _earliest(wake, flip)
         return members, wake
 
-    def decided_by(self, segment: str, features: Features) -> dict[str, float]:
+    def decided_by(self, segment: str, features: View) -> dict[str, float]:
         """The numeric feature values the segment's rule reads (the scores in a change)."""
-        return {name: float(features.value(name) or 0) for name in sorted(self.segments[segment].numeric_features())}
+        return {
+            name: round(float(features.value(name) or 0), 4)
+            for name in sorted(self.segments[segment].numeric_features())
+        }
 
 
-def parse_rules(document: object) -> RuleSet:
-    """Build a :class:`RuleSet` from the parsed YAML document, or raise :class:`RuleError`."""
+def parse_rules(document: object, kinds: Kinds | None = None) -> RuleSet:
+    """Build a :class:`RuleSet` from the parsed YAML document, or raise :class:`RuleError`.
+
+    ``kinds`` names the features that exist (default: those of the default profile configuration).
+    """
+    if kinds is None:
+        from transforms.profile import ProfileConfig, ProfileModel
+
+        kinds = ProfileModel(ProfileConfig()).kind
     if not isinstance(document, Mapping) or not isinstance(document.get("segments"), Mapping):
         raise RuleError("rules: the document needs a 'segments' mapping of segment name -> condition")
     segments: dict[str, Condition] = {}
@@ -228,7 +273,7 @@ def parse_rules(document: object) -> RuleSet:
         if not isinstance(name, str) or not _NAME.match(name):
             raise RuleError(f"rule {name!r}: segment names are lower_snake_case")
         try:
-            segments[name] = _parse_condition(spec, name)
+            segments[name] = _parse_condition(spec, name, kinds)
         except ValueError as error:
             where, _, problem = str(error).partition(": ")
             if where == name:
@@ -243,10 +288,10 @@ def parse_rules(document: object) -> RuleSet:
     return RuleSet(version=version, segments=dict(sorted(segments.items())))
 
 
-def load_rules(path: str | Path) -> RuleSet:
+def load_rules(path: str | Path, kinds: Kinds | None = None) -> RuleSet:
     """Read a YAML rule file (the ``segments`` section of the job config)."""
     try:
         document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise RuleError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
-    return parse_rules(document)
+    return parse_rules(document, kinds)

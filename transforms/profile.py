@@ -1,0 +1,139 @@
+"""Everything the rules can read about a customer, by name, at an event time.
+
+Names (``kind``: time features are epoch ms, the rest numbers):
+
+- lifetime: ``count.<type>``, ``spend``, ``orders``, ``refunds``, ``cart_value``; times ``first_seen``,
+  ``last_seen``, ``last.<type>`` (see :mod:`transforms.features`);
+- windows: ``window.<name>.<metric>`` (see :mod:`transforms.windows`);
+- ``engagement_score`` (see :mod:`transforms.engagement`);
+- RFM: ``rfm.recency``, ``rfm.frequency``, ``rfm.monetary`` (quintile scores 1..5 against the
+  current population of buyers, 0 before a first purchase; see :mod:`transforms.rfm`).
+
+>>> from transforms.windows import WindowSpec
+>>> model = ProfileModel(ProfileConfig(windows=(WindowSpec("1d", 86_400_000, 3_600_000),)))
+>>> model.kind("window.1d.sessions"), model.kind("last.purchase")
+('number', 'time')
+>>> model.kind("window.7d.sessions")
+Traceback (most recent call last):
+ValueError: unknown window '7d' in 'window.7d.sessions' (configured: 1d)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transforms.engagement import EngagementConfig, EngagementModel, Points
+from transforms.events import Event
+from transforms.features import NUMERIC_FEATURES, TIME_FEATURES, Features
+from transforms.rfm import RFM_FEATURES, Population, RfmKey
+from transforms.windows import METRICS, Activity, WindowSet, WindowSpec
+
+DAY = 86_400_000
+DEFAULT_WINDOWS = (
+    WindowSpec("1h", 3_600_000, 300_000),
+    WindowSpec("24h", DAY, 3_600_000),
+    WindowSpec("7d", 7 * DAY, DAY),
+    WindowSpec("30d", 30 * DAY, DAY),
+)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    windows: tuple[WindowSpec, ...] = DEFAULT_WINDOWS
+    session_gap_ms: int = 30 * 60_000
+    engagement: EngagementConfig = field(default_factory=EngagementConfig)
+
+
+@dataclass(slots=True)
+class ProfileState:
+    """A customer's features: lifetime, windowed, engagement points and RFM population keys."""
+
+    features: Features = field(default_factory=Features)
+    activity: Activity = field(default_factory=Activity)
+    points: Points = field(default_factory=Points)
+    rfm: RfmKey | None = None  # this customer's place in the population, once a buyer
+
+
+class ProfileModel:
+    """Behaviour over :class:`ProfileState`: fold events in, read features, render the profile."""
+
+    def __init__(self, config: ProfileConfig, population: Population | None = None) -> None:
+        self.config = config
+        self.windows = WindowSet(config.windows, config.session_gap_ms)
+        self.engagement = EngagementModel(config.engagement)
+        self.population = population if population is not None else Population()
+
+    def kind(self, name: str) -> str:
+        """``"time"`` or ``"number"``; ValueError naming the problem for an unknown feature."""
+        if name in TIME_FEATURES:
+            return "time"
+        if name in NUMERIC_FEATURES or name in RFM_FEATURES or name == "engagement_score":
+            return "number"
+        head, _, rest = name.partition(".")
+        if head == "window":
+            window, _, metric = rest.partition(".")
+            if window not in self.windows.specs:
+                known = ", ".join(self.windows.specs) or "none"
+                raise ValueError(f"unknown window {window!r} in {name!r} (configured: {known})")
+            if metric not in METRICS:
+                raise ValueError(f"unknown window metric {metric!r} in {name!r} (known: {', '.join(sorted(METRICS))})")
+            return "number"
+        raise ValueError(f"unknown feature {name!r}")
+
+    def add(self, state: ProfileState, event: Event) -> None:
+        state.features.add(event)
+        self.windows.add(state.activity, event)
+        self.engagement.add(state.points, event.type, event.ts)
+        if event.type in ("purchase", "refund"):
+            state.rfm = self.population.move(state.rfm, state.features)
+
+    def view(self, state: ProfileState, now: int) -> FeatureView:
+        return FeatureView(self, state, now)
+
+    def prune(self, state: ProfileState, horizon: int) -> None:
+        self.windows.prune(state.activity, horizon)
+
+    def render(self, state: ProfileState, now: int | None) -> dict[str, Any]:
+        """The readable part of a profile (Redis and ``--profiles-out``)."""
+        at = now if now is not None else 0
+        return {
+            "features": state.features.to_dict(),
+            "windows": {name: self.windows.result(state.activity, name, at) for name in self.windows.specs},
+            "engagement_score": round(self.engagement.score(state.points, at), 2),
+            "rfm": self.population.scores(state.rfm),
+        }
+
+
+class FeatureView:
+    """Feature values of one customer at ``now``; window results are computed once per view."""
+
+    __slots__ = ("_windows", "model", "now", "state")
+
+    def __init__(self, model: ProfileModel, state: ProfileState, now: int) -> None:
+        self.model, self.state, self.now = model, state, now
+        self._windows: dict[str, dict[str, float]] = {}
+
+    def value(self, name: str) -> float | int | None:
+        head, _, rest = name.partition(".")
+        if head == "window":
+            window, _, metric = rest.partition(".")
+            result = self._windows.get(window)
+            if result is None:
+                result = self._windows[window] = self.model.windows.result(self.state.activity, window, self.now)
+            return result[metric]
+        if name == "engagement_score":
+            return self.model.engagement.score(self.state.points, self.now)
+        if head == "rfm":
+            return self.model.population.scores(self.state.rfm)[rest]
+        return self.state.features.value(name)
+
+    def next_change(self, name: str, threshold: float) -> int | None:
+        """When ``name`` may next cross ``threshold`` with no new event (None: it cannot)."""
+        head, _, rest = name.partition(".")
+        if head == "window":
+            window = rest.partition(".")[0]
+            return self.model.windows.next_change(self.state.activity, self.now, frozenset((window,)))
+        if name == "engagement_score":
+            return self.model.engagement.falls_below(self.state.points, threshold, self.now)
+        return None
