@@ -2,18 +2,24 @@
 
 It is the reference every other engine is compared with (parity) and the throughput ceiling an
 engine can approach. Single process, no checkpoints: for replays, tests and benchmarks.
+
+A customer with no pending event and no timer (nothing can change until their next event) is
+dormant: their state moves to a SQLite store on disk, so memory holds only customers still active
+within their windows, however many customers the stream brings.
 """
 
 from __future__ import annotations
 
 import heapq
+import tempfile
 from pathlib import Path
 
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputSink
+from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import read_records
-from transforms.customer import CustomerState, Step
+from transforms.customer import CustomerState, Snapshot, Step
 from transforms.dead_letters import DeadLetter
 from transforms.events import Event
 
@@ -30,6 +36,8 @@ class CoreEngine:
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
         self.timers: list[tuple[int, str]] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="segstream-core-")
+        self.dormant = SnapshotStore(Path(self._tmp.name) / "dormant.db")
 
     def run(self) -> None:
         max_ts: int | None = None
@@ -50,22 +58,38 @@ class CoreEngine:
         if max_ts is not None:
             self._finish(max(max_ts, self.spec.as_of or max_ts))
         self.sink.close()
+        self.dormant.close()
+        self._tmp.cleanup()
 
     def _finish(self, end: int) -> None:
         """Input done: every customer goes to ``end`` (timers up to it fire); then, against the
         complete RFM population, every final profile."""
         self.timers.clear()
         self.wakes.clear()
-        for key, state in self.states.items():
+        for key, state in list(self.states.items()):
             self._emit(key, self.logic.on_timer(state, self.pending.pop(key, []), end, end, bounded=True))
         self.logic.model.population.refresh()
         for state in self.states.values():
             self.sink.final_profile(state)
             METRICS.customers.inc()
+        self.dormant.commit()
+        for snapshot in self.dormant.snapshots():
+            if snapshot.state.customer_id not in self.states:  # dormant: only its clock moves to the end
+                step = self.logic.on_timer(snapshot.state, [], end, end, bounded=True)
+                METRICS.record_step(step)
+                for change in step.changes:
+                    self.sink.change(change)
+                self.sink.final_profile(snapshot.state)
+                METRICS.customers.inc()
 
     def _admit(self, event: Event) -> None:
         key = event.customer_key
         state = self.states.get(key)
+        if state is None:
+            snapshot = self.dormant.get(key)
+            if snapshot is not None:
+                state = self.states[key] = snapshot.state
+                self.dormant.delete(key)
         late, timer = self.logic.admit(state.clock if state else None, self.wakes.get(key), event)
         if late:
             self._dead_letter(self.logic.late_letter(event))
@@ -97,8 +121,12 @@ class CoreEngine:
         METRICS.record_step(step)
         for change in step.changes:
             self.sink.change(change)
+        state = self.states[key]
         if step.touched:
-            self.sink.profile(self.states[key])
+            self.sink.profile(state)
+        if step.wake is None and key not in self.pending:
+            self.dormant.put(key, Snapshot(state, []), None)
+            del self.states[key]
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         METRICS.record_dead_letter(letter)

@@ -41,6 +41,9 @@ class SnapshotStore:
         data = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
         self._db.execute("INSERT OR REPLACE INTO snapshots (key, wake, data) VALUES (?, ?, ?)", (key, wake, data))
 
+    def delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM snapshots WHERE key = ?", (key,))
+
     def get_shared(self, name: str) -> Any:
         """A value all customers share (the RFM population), or None."""
         row = self._db.execute("SELECT data FROM shared WHERE name = ?", (name,)).fetchone()

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.changes import SegmentChange
-from transforms.config import load_config
 from transforms.customer import CustomerLogic, CustomerState, Step, StreamConfig
 from transforms.events import EVENT_TYPES, Event
+from transforms.rules import parse_rules
 from transforms.summary import RunCounts
 
 SECOND = 1000
@@ -30,7 +30,23 @@ MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-RULES = load_config(None).rules
+# The rules these tests were written against (the default configuration has more).
+RULES = parse_rules(
+    {
+        "version": "test-1",
+        "segments": {
+            "cart_abandoner": {
+                "all": [
+                    {"since": "last.add_to_cart", "at_least": "30m"},
+                    {"since": "last.add_to_cart", "within": "24h"},
+                    {"after": "last.add_to_cart", "than": "last.purchase"},
+                ]
+            },
+            "recent_buyer": {"since": "last.purchase", "within": "30d"},
+            "big_spender": {"feature": "spend", ">=": 500},
+        },
+    }
+)
 STREAM = StreamConfig(max_out_of_orderness_ms=5 * SECOND, allowed_lateness_ms=0, dedup_horizon_ms=DAY)
 
 _TIME = re.compile(r"^(?:(\d+)d\s+)?(\d+):(\d\d)(?::(\d\d)(?:\.(\d{3}))?)?$")
@@ -237,7 +253,7 @@ def test_big_spender_scores_decide_the_change() -> None:
     )
     big = engine.changes[-1]
     assert big.scores == {"spend": 550.0}
-    assert big.rules_version == "default-1"
+    assert big.rules_version == "test-1"
 
 
 # --- seq and change_id -------------------------------------------------------------------------

@@ -173,9 +173,14 @@ def test_as_of_fires_expiry_timers_after_the_input_ends(redis_url: str, tmp_path
     run_cli("--source", str(source), "--engine", "beam", "--redis-url", redis_url, "--as-of",
             "2025-05-01T00:00:00Z", *outputs(out))  # fmt: skip
     changes = [(c["segment"], c["change"], c["reason"], c["seq"]) for c in read_jsonl(out / "changes.jsonl")]
-    assert changes == [("recent_buyer", "entered", "rule", 1), ("recent_buyer", "exited", "expiry", 2)]
+    # 30 days after the purchase the buyer turns dormant, and a millisecond later is no recent buyer.
+    assert changes == [
+        ("recent_buyer", "entered", "rule", 1),
+        ("dormant", "entered", "rule", 2),
+        ("recent_buyer", "exited", "expiry", 3),
+    ]
     (profile,) = read_jsonl(out / "profiles.jsonl")
-    assert profile["segments"] == [] and profile["as_of"] == 1746057600000
+    assert profile["segments"] == ["dormant"] and profile["as_of"] == 1746057600000
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ import pytest
 
 from transforms.config import ConfigError, JobConfig, load_config, parse_config
 from transforms.features import Features
+from transforms.profile import FeatureView, ProfileConfig, ProfileModel, ProfileState
 from transforms.rules import (
     After,
     AllOf,
@@ -315,7 +316,7 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
 def test_default_config() -> None:
     config = load_config(None)
     assert {"cart_abandoner", "recent_buyer"} <= set(config.rules.segments)
-    assert config.rules.version == "default-1"
+    assert config.rules.version == "default-2"
     assert config.rules.segments["recent_buyer"] == Since("last.purchase", None, 30 * DAY)
     cart = config.rules.segments["cart_abandoner"]
     assert isinstance(cart, AllOf)
@@ -407,20 +408,28 @@ def test_all_any_not_values_and_flips() -> None:
     assert AnyOf((recent, Compare("spend", ">", 0))).evaluate(seen, later) == (False, None)
 
 
+def at(features: Features, now: int) -> FeatureView:
+    """The default profile's view of ``features`` (no windowed activity) at ``now``."""
+    return ProfileModel(ProfileConfig()).view(ProfileState(features=features), now)
+
+
 def test_ruleset_evaluate_members_and_wake() -> None:
     rules = load_config(None).rules
     cart_only = features(add_to_cart=T0)
-    assert rules.evaluate(cart_only, T0) == (set(), T0 + 30 * MINUTE)
-    assert rules.evaluate(cart_only, T0 + 30 * MINUTE) == ({"cart_abandoner"}, T0 + DAY + 1)
-    assert rules.evaluate(cart_only, T0 + DAY + 1) == (set(), None)
+    assert rules.evaluate(at(cart_only, T0), T0) == (set(), T0 + 30 * MINUTE)
+    assert rules.evaluate(at(cart_only, T0 + 30 * MINUTE), T0 + 30 * MINUTE) == ({"cart_abandoner"}, T0 + DAY + 1)
+    assert rules.evaluate(at(cart_only, T0 + DAY + 1), T0 + DAY + 1) == (set(), None)
     bought = Features(last_at={"add_to_cart": T0, "purchase": T0 + MINUTE}, spend=600.0)
-    members, wake = rules.evaluate(bought, T0 + HOUR)
+    members, wake = rules.evaluate(at(bought, T0 + HOUR), T0 + HOUR)
     assert members == {"recent_buyer", "big_spender"}
     # cart_abandoner is out (purchase after the cart) yet its window still says when it may change.
     assert wake == T0 + DAY + 1
-    assert rules.evaluate(bought, T0 + 2 * DAY) == ({"recent_buyer", "big_spender"}, T0 + MINUTE + 30 * DAY + 1)
-    assert rules.decided_by("big_spender", bought) == {"spend": 600.0}
-    assert rules.decided_by("recent_buyer", bought) == {}
+    assert rules.evaluate(at(bought, T0 + 2 * DAY), T0 + 2 * DAY) == (
+        {"recent_buyer", "big_spender"},
+        T0 + MINUTE + 30 * DAY + 1,
+    )
+    assert rules.decided_by("big_spender", at(bought, T0)) == {"spend": 600.0}
+    assert rules.decided_by("recent_buyer", at(bought, T0)) == {}
 
 
 def test_ruleset_empty_wake_without_timed_rules() -> None:

@@ -175,9 +175,15 @@ class CustomerLogic:
         due = sorted((e for e in pending if e.ts <= to_ts), key=lambda e: e.order_key)
         step.remaining = [e for e in pending if e.ts > to_ts]
         floor = state.clock if state.clock is not None else -(2**62)
-        for event in due:
+        applied = False
+        for i, event in enumerate(due):
             self._fire_rule_timers(state, min(event.ts, to_ts), step)
-            self._apply(state, event, max(event.ts, floor), step)
+            now = max(event.ts, floor)
+            applied = self._apply(state, event, now, step) or applied
+            # Rules see all events of one millisecond at once (an invoice's lines, say).
+            if applied and (i + 1 == len(due) or due[i + 1].ts != event.ts):
+                self._evaluate(state, now, from_timer=False, step=step)
+                applied = False
         self._fire_rule_timers(state, to_ts, step)
         state.clock = to_ts if state.clock is None else max(state.clock, to_ts)
         self._expire(state)
@@ -188,20 +194,21 @@ class CustomerLogic:
         step.wake = min(wakes, default=None)
         return step
 
-    def _apply(self, state: CustomerState, event: Event, now: int, step: Step) -> None:
-        # The horizon is checked here, not only by _expire_event_ids at the end of advance, so the
+    def _apply(self, state: CustomerState, event: Event, now: int, step: Step) -> bool:
+        """Apply ``event`` unless it is a duplicate; True when applied."""
+        # The horizon is checked here, not only by _expire at the end of advance, so the
         # outcome does not depend on how event time was split into advance calls.
         seen = state.recent_event_ids.get(event.event_id)
         if seen is not None and seen >= now - self.config.dedup_horizon_ms:
             step.duplicates.append(event)
-            return
+            return False
         state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
         self.model.add(state.profile, event)
         self._remember_identifiers(state, event)
         step.accepted.append(event)
         step.touched = True
-        self._evaluate(state, now, from_timer=False, step=step)
+        return True
 
     def _fire_rule_timers(self, state: CustomerState, until: int, step: Step) -> None:
         while state.rule_wake is not None and state.rule_wake <= until:

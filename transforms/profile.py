@@ -106,22 +106,22 @@ class ProfileModel:
 
 
 class FeatureView:
-    """Feature values of one customer at ``now``; window results are computed once per view."""
+    """Feature values of one customer at ``now``; each window metric is computed once per view."""
 
-    __slots__ = ("_windows", "model", "now", "state")
+    __slots__ = ("_cache", "model", "now", "state")
 
     def __init__(self, model: ProfileModel, state: ProfileState, now: int) -> None:
         self.model, self.state, self.now = model, state, now
-        self._windows: dict[str, dict[str, float]] = {}
+        self._cache: dict[str, float] = {}
 
     def value(self, name: str) -> float | int | None:
         head, _, rest = name.partition(".")
         if head == "window":
-            window, _, metric = rest.partition(".")
-            result = self._windows.get(window)
-            if result is None:
-                result = self._windows[window] = self.model.windows.result(self.state.activity, window, self.now)
-            return result[metric]
+            cached = self._cache.get(name)
+            if cached is None:
+                window, _, metric = rest.partition(".")
+                cached = self._cache[name] = self.model.windows.value(self.state.activity, window, metric, self.now)
+            return cached
         if name == "engagement_score":
             return self.model.engagement.score(self.state.points, self.now)
         if head == "rfm":

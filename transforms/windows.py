@@ -33,6 +33,8 @@ _TYPE_INDEX = {kind: i for i, kind in enumerate(_TYPES)}
 _SPEND = len(_TYPES)
 _CART = _SPEND + 1
 _SLOTS = _CART + 1
+_SEEN = ("products", "categories", "orders")
+_SLOT = {"spend": _SPEND, "cart_value": _CART} | {f"count.{kind}": i for kind, i in _TYPE_INDEX.items()}
 METRICS = frozenset(
     {"events", "products", "categories", "orders", "sessions", "session_minutes", "cart_value", "spend"}
     | {f"count.{kind}" for kind in _TYPES}
@@ -152,31 +154,41 @@ class WindowSet:
         return into
 
     def result(self, activity: Activity, name: str, now: int) -> dict[str, float]:
-        """Every metric of window ``name`` at ``now``."""
+        """Every metric of window ``name`` at ``now``, in one pass over the panes."""
         spec = self.specs[name]
-        first = spec.first_pane(now)
-        last = now // spec.slide_ms
+        first, last = spec.first_pane(now), now // spec.slide_ms
         totals = [0.0] * _SLOTS
         for index, slots in activity.panes.get(spec.slide_ms, {}).items():
             if first <= index <= last:
                 totals = [a + b for a, b in zip(totals, slots, strict=True)]
-        start = spec.start(now)
-        durations = [end - begin for begin, end in activity.sessions if start <= begin <= now]
         result: dict[str, float] = {f"count.{kind}": int(totals[i]) for kind, i in _TYPE_INDEX.items()}
         result.update(
             events=int(sum(totals[:_SPEND])),
-            products=sum(1 for ts in activity.products.values() if start <= ts <= now),
-            categories=sum(1 for ts in activity.categories.values() if start <= ts <= now),
-            orders=sum(1 for ts in activity.orders.values() if start <= ts <= now),
-            sessions=len(durations),
-            session_minutes=round(sum(durations) / len(durations) / 60_000, 3) if durations else 0.0,
             cart_value=round(totals[_CART], 2),
             spend=round(totals[_SPEND], 2),
+            **{metric: self.value(activity, name, metric, now) for metric in (*_SEEN, "sessions", "session_minutes")},
         )
         return result
 
     def value(self, activity: Activity, name: str, metric: str, now: int) -> float:
-        return self.result(activity, name, now)[metric]
+        """One metric of window ``name`` at ``now`` (only what it needs is computed)."""
+        spec = self.specs[name]
+        start = spec.start(now)
+        if metric in _SEEN:
+            seen: dict[str, int] = getattr(activity, metric)
+            return sum(1 for ts in seen.values() if start <= ts <= now)
+        if metric in ("sessions", "session_minutes"):
+            durations = [end - begin for begin, end in activity.sessions if start <= begin <= now]
+            if metric == "sessions":
+                return len(durations)
+            return round(sum(durations) / len(durations) / 60_000, 3) if durations else 0.0
+        first, last = spec.first_pane(now), now // spec.slide_ms
+        panes = [slots for index, slots in activity.panes.get(spec.slide_ms, {}).items() if first <= index <= last]
+        if metric == "events":
+            return int(sum(sum(slots[:_SPEND]) for slots in panes))
+        slot = _SLOT[metric]
+        total = sum(slots[slot] for slots in panes)
+        return round(total, 2) if slot >= _SPEND else int(total)
 
     def next_change(self, activity: Activity, now: int, names: frozenset[str] | None = None) -> int | None:
         """The earliest time after ``now`` at which something leaves one of the windows (``names``: all)."""
