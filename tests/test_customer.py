@@ -31,22 +31,21 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 # The rules these tests were written against (the default configuration has more).
-RULES = parse_rules(
-    {
-        "version": "test-1",
-        "segments": {
-            "cart_abandoner": {
-                "all": [
-                    {"since": "last.add_to_cart", "at_least": "30m"},
-                    {"since": "last.add_to_cart", "within": "24h"},
-                    {"after": "last.add_to_cart", "than": "last.purchase"},
-                ]
-            },
-            "recent_buyer": {"since": "last.purchase", "within": "30d"},
-            "big_spender": {"feature": "spend", ">=": 500},
+RULES_DOCUMENT: dict[str, Any] = {
+    "version": "test-1",
+    "segments": {
+        "cart_abandoner": {
+            "all": [
+                {"since": "last.add_to_cart", "at_least": "30m"},
+                {"since": "last.add_to_cart", "within": "24h"},
+                {"after": "last.add_to_cart", "than": "last.purchase"},
+            ]
         },
-    }
-)
+        "recent_buyer": {"since": "last.purchase", "within": "30d"},
+        "big_spender": {"feature": "spend", ">=": 500},
+    },
+}
+RULES = parse_rules(RULES_DOCUMENT)
 STREAM = StreamConfig(max_out_of_orderness_ms=5 * SECOND, allowed_lateness_ms=0, dedup_horizon_ms=DAY)
 
 _TIME = re.compile(r"^(?:(\d+)d\s+)?(\d+):(\d\d)(?::(\d\d)(?:\.(\d{3}))?)?$")
@@ -614,6 +613,45 @@ def test_incremental_equals_batch(data: st.DataObject, events: list[Event], seed
     batch = run_batch(logic, events, end)
     incremental = run_incremental(logic, events, cuts, end, random.Random(seed))
     assert incremental.key() == batch.key()
+
+
+# Every kind of feature: windows, sessions, engagement, RFM, a rule that holds before any event.
+RICH_RULES = parse_rules(
+    {
+        "version": "rich",
+        "segments": {
+            **{name: spec for name, spec in RULES_DOCUMENT["segments"].items()},
+            "busy_hour": {"feature": "window.1h.events", ">=": 3},
+            "long_sessions": {"feature": "window.24h.session_minutes", ">": 20},
+            "engaged": {"feature": "engagement_score", ">=": 40},
+            "champion": {"feature": "rfm.frequency", ">=": 4},
+            "never_bought": {"not": {"feature": "orders", ">": 0}},
+            "cart_heavy_week": {
+                "all": [
+                    {"feature": "window.7d.cart_value", ">": 30},
+                    {"not": {"since": "last.purchase", "within": "7d"}},
+                ]
+            },
+        },
+    }
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), events=streams(), seed=st.integers(0, 2**32))
+def test_evaluating_only_affected_segments_equals_evaluating_all(
+    data: st.DataObject, events: list[Event], seed: int
+) -> None:
+    """After an event, only the segments whose features its type can change are evaluated again."""
+    tracked = CustomerLogic(RICH_RULES, STREAM)
+    everything = CustomerLogic(RICH_RULES, STREAM)
+    everything.affected = dict.fromkeys(everything.affected, frozenset(RICH_RULES.segments))
+    assert tracked.affected["page_view"] < everything.affected["page_view"]  # there is something to skip
+    end = end_of(events)
+    cuts = data.draw(cuts_for(events), label="cuts")
+    one = run_incremental(tracked, events, cuts, end, random.Random(seed))
+    other = run_incremental(everything, events, cuts, end, random.Random(seed))
+    assert one.key() == other.key()
 
 
 @settings(max_examples=150, deadline=None)

@@ -21,12 +21,13 @@ same changes with the same ``seq``. It returns the time at which it wants to be 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from transforms.changes import SegmentChange, change_id
 from transforms.dead_letters import DeadLetter, Reason
-from transforms.events import Event
+from transforms.events import EVENT_TYPES, Event
 from transforms.features import Features
 from transforms.profile import ProfileConfig, ProfileModel, ProfileState
 from transforms.rfm import Population
@@ -55,7 +56,8 @@ class CustomerState:
     profile: ProfileState = field(default_factory=ProfileState)
     identifiers: dict[str, list[str]] = field(default_factory=dict)
     recent_event_ids: dict[str, int] = field(default_factory=dict)  # event id -> ts, insertion ordered
-    rule_wake: int | None = None
+    rule_wake: int | None = None  # the earliest of segment_wakes
+    segment_wakes: dict[str, int] = field(default_factory=dict)  # segment -> when it may next flip
     rules_version: str | None = None  # the rule set the segments were last evaluated with
 
     @property
@@ -96,6 +98,15 @@ class CustomerLogic:
         self.rules = rules
         self.config = config
         self.model = ProfileModel(profile or ProfileConfig(), population)
+        # The segments an event of each type may affect: only these are evaluated again after it.
+        self.affected = {
+            kind: frozenset(
+                name
+                for name, condition in rules.segments.items()
+                if any(self.model.touches(kind, feature) for feature in condition.inputs())
+            )
+            for kind in EVENT_TYPES
+        }
 
     def new_state(self, customer_id: str) -> CustomerState:
         return CustomerState(customer_id, rules_version=self.rules.version)
@@ -175,18 +186,20 @@ class CustomerLogic:
         due = sorted((e for e in pending if e.ts <= to_ts), key=lambda e: e.order_key)
         step.remaining = [e for e in pending if e.ts > to_ts]
         floor = state.clock if state.clock is not None else -(2**62)
-        applied = False
+        first = state.features.last_seen is None  # before a customer's first event: every rule is evaluated
+        kinds: set[str] = set()
         for i, event in enumerate(due):
             self._fire_rule_timers(state, min(event.ts, to_ts), step)
             now = max(event.ts, floor)
-            applied = self._apply(state, event, now, step) or applied
+            if self._apply(state, event, now, step):
+                kinds.add(event.type)
             # Rules see all events of one millisecond at once (an invoice's lines, say).
-            if applied and (i + 1 == len(due) or due[i + 1].ts != event.ts):
-                self._evaluate(state, now, from_timer=False, step=step)
-                applied = False
+            if kinds and (i + 1 == len(due) or due[i + 1].ts != event.ts):
+                self._evaluate(state, now, from_timer=False, step=step, kinds=None if first else kinds)
+                kinds, first = set(), False
         self._fire_rule_timers(state, to_ts, step)
-        state.clock = to_ts if state.clock is None else max(state.clock, to_ts)
-        self._expire(state)
+        previous, state.clock = state.clock, to_ts if state.clock is None else max(state.clock, to_ts)
+        self._expire(state, previous)
         wakes = [e.ts for e in step.remaining]
         for wake in (state.rule_wake, self._expires_at(state)):
             if wake is not None:
@@ -212,17 +225,31 @@ class CustomerLogic:
 
     def _fire_rule_timers(self, state: CustomerState, until: int, step: Step) -> None:
         while state.rule_wake is not None and state.rule_wake <= until:
-            self._evaluate(state, state.rule_wake, from_timer=True, step=step)
+            self._evaluate(state, state.rule_wake, from_timer=True, step=step, kinds=())
 
-    def _evaluate(self, state: CustomerState, now: int, from_timer: bool, step: Step) -> None:
+    def _evaluate(
+        self, state: CustomerState, now: int, from_timer: bool, step: Step, kinds: Iterable[str] | None = None
+    ) -> None:
+        """Evaluate the segments that may have changed at ``now``: those whose timer is due and
+        those the applied event types (``kinds``) affect; every segment when ``kinds`` is None."""
+        wakes = state.segment_wakes
+        if kinds is None:
+            names = set(self.rules.segments) | set(state.segments)
+        else:
+            names = {name for name, at in wakes.items() if at <= now}
+            for kind in kinds:
+                names |= self.affected[kind]
         view = self.model.view(state.profile, now)
-        members, wake = self.rules.evaluate(view, now)
-        state.rule_wake = wake if wake is None or wake > now else None
-        current = set(state.segments)
-        for segment in sorted(current | members):
-            if (segment in members) == (segment in current):
+        for segment in sorted(names):
+            condition = self.rules.segments.get(segment)
+            holds, flip = condition.evaluate(view, now) if condition is not None else (False, None)
+            if flip is not None and flip > now:
+                wakes[segment] = flip
+            else:
+                wakes.pop(segment, None)
+            if holds == (segment in state.segments):
                 continue
-            entered = segment in members
+            entered = holds
             kind = "entered" if entered else "exited"
             reason = "expiry" if from_timer and not entered else "rule"
             state.seq += 1
@@ -244,6 +271,7 @@ class CustomerLogic:
             else:
                 del state.segments[segment]
             step.touched = True
+        state.rule_wake = min(wakes.values(), default=None)
 
     def _remember_identifiers(self, state: CustomerState, event: Event) -> None:
         for kind, value in event.identifiers():
@@ -251,8 +279,9 @@ class CustomerLogic:
             if value not in known and len(known) < MAX_IDENTIFIERS_PER_KIND:
                 known.append(value)
 
-    def _expire(self, state: CustomerState) -> None:
-        """Drop event ids past the dedup horizon and window data no window can see again."""
+    def _expire(self, state: CustomerState, previous: int | None) -> None:
+        """Drop event ids past the dedup horizon and window data no window can see again (checked
+        when the clock enters a new pane of the finest window: nothing expires in between)."""
         clock = state.clock or 0
         cutoff = clock - self.config.dedup_horizon_ms
         ids = state.recent_event_ids
@@ -261,7 +290,9 @@ class CustomerLogic:
             if ids[oldest] >= cutoff:
                 break
             del ids[oldest]
-        self.model.prune(state.profile, clock - self.config.allowed_lateness_ms)
+        finest = self.model.windows.finest
+        if previous is None or previous // finest != clock // finest:
+            self.model.prune(state.profile, clock - self.config.allowed_lateness_ms)
 
     def _expires_at(self, state: CustomerState) -> int | None:
         """When :meth:`_expire` will next have something to drop (a timer, so idle state shrinks)."""

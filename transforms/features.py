@@ -65,7 +65,7 @@ class Features:
             return self.last_at.get(tail)
         return getattr(self, name)
 
-    def next_change(self, name: str, threshold: float) -> None:
+    def next_change(self, name: str, op: str, threshold: float, holds: bool) -> None:
         """Lifetime features change only with events (so :class:`Features` can serve as a rule view)."""
         return None
 

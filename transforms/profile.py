@@ -30,6 +30,8 @@ from transforms.rfm import RFM_FEATURES, Population, RfmKey
 from transforms.windows import METRICS, Activity, WindowSet, WindowSpec
 
 DAY = 86_400_000
+ONLY_FALL = METRICS - {"spend", "session_minutes"}  # window metrics that never rise without an event
+_MISSING = object()
 DEFAULT_WINDOWS = (
     WindowSpec("1h", 3_600_000, 300_000),
     WindowSpec("24h", DAY, 3_600_000),
@@ -81,6 +83,28 @@ class ProfileModel:
             return "number"
         raise ValueError(f"unknown feature {name!r}")
 
+    def touches(self, kind: str, name: str) -> bool:
+        """Whether applying an event of type ``kind`` may change feature ``name`` (else a rule that
+        reads only untouched features need not be evaluated again for that event)."""
+        head, _, rest = name.partition(".")
+        if head in ("count", "last"):
+            return rest == kind
+        if name in ("spend", "orders", "refunds"):
+            return kind in ("purchase", "refund")
+        if name == "cart_value":
+            return kind in ("add_to_cart", "remove_from_cart", "purchase")
+        if name == "engagement_score":
+            return self.config.engagement.weights.get(kind, 0.0) > 0.0
+        if head == "window":
+            metric = rest.partition(".")[2]
+            if metric.startswith("count."):
+                return metric == f"count.{kind}"
+            if metric in ("spend", "orders"):
+                return kind in ("purchase", "refund")
+            if metric == "cart_value":
+                return kind == "add_to_cart"
+        return True  # first_seen, last_seen, other window metrics; RFM ranks move with the population
+
     def add(self, state: ProfileState, event: Event) -> None:
         state.features.add(event)
         self.windows.add(state.activity, event)
@@ -106,7 +130,7 @@ class ProfileModel:
 
 
 class FeatureView:
-    """Feature values of one customer at ``now``; each window metric is computed once per view."""
+    """Feature values of one customer at ``now``, each computed once per view."""
 
     __slots__ = ("_cache", "model", "now", "state")
 
@@ -115,24 +139,31 @@ class FeatureView:
         self._cache: dict[str, float] = {}
 
     def value(self, name: str) -> float | int | None:
+        cached = self._cache.get(name, _MISSING)
+        if cached is _MISSING:
+            cached = self._cache[name] = self._compute(name)
+        return cached  # type: ignore[return-value]
+
+    def _compute(self, name: str) -> float | int | None:
         head, _, rest = name.partition(".")
         if head == "window":
-            cached = self._cache.get(name)
-            if cached is None:
-                window, _, metric = rest.partition(".")
-                cached = self._cache[name] = self.model.windows.value(self.state.activity, window, metric, self.now)
-            return cached
+            window, _, metric = rest.partition(".")
+            return self.model.windows.value(self.state.activity, window, metric, self.now)
         if name == "engagement_score":
             return self.model.engagement.score(self.state.points, self.now)
         if head == "rfm":
             return self.model.population.scores(self.state.rfm)[rest]
         return self.state.features.value(name)
 
-    def next_change(self, name: str, threshold: float) -> int | None:
-        """When ``name`` may next cross ``threshold`` with no new event (None: it cannot)."""
+    def next_change(self, name: str, op: str, threshold: float, holds: bool) -> int | None:
+        """When ``name op threshold`` (now ``holds``) may next flip with no new event (None: never)."""
         head, _, rest = name.partition(".")
+        window, _, metric = rest.partition(".")
+        only_falls = name == "engagement_score" or (head == "window" and metric in ONLY_FALL)
+        # With no new event these only fall: "> x" can only flip while it holds, "< x" while it does not.
+        if only_falls and ((op in (">", ">=") and not holds) or (op in ("<", "<=") and holds)):
+            return None
         if head == "window":
-            window = rest.partition(".")[0]
             return self.model.windows.next_change(self.state.activity, self.now, frozenset((window,)))
         if name == "engagement_score":
             return self.model.engagement.falls_below(self.state.points, threshold, self.now)

@@ -72,7 +72,7 @@ class View(Protocol):
 
     def value(self, name: str) -> float | int | None: ...
 
-    def next_change(self, name: str, threshold: float) -> int | None: ...
+    def next_change(self, name: str, op: str, threshold: float, holds: bool) -> int | None: ...
 
 
 Kinds = Callable[[str], str]  # feature name -> "time" | "number"; ValueError for an unknown name
@@ -83,10 +83,14 @@ class Condition(Protocol):
 
     def numeric_features(self) -> set[str]: ...
 
+    def inputs(self) -> set[str]: ...
 
-def _earliest(*times: int | None) -> int | None:
-    present = [t for t in times if t is not None]
-    return min(present) if present else None
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    """The earlier of two optional times (None: never)."""
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
 
 
 @dataclass(frozen=True)
@@ -99,21 +103,23 @@ class Since:
         at = features.value(self.feature)
         if at is None:
             return False, None
-        age = now - int(at)
-        flips: list[int] = []
-        holds = True
+        at = int(at)
+        age = now - at
+        holds, flip = True, None
         if self.at_least is not None and age < self.at_least:
-            holds = False
-            flips.append(int(at) + self.at_least)
+            holds, flip = False, at + self.at_least
         if self.at_most is not None:
             if age <= self.at_most:
-                flips.append(int(at) + self.at_most + 1)
+                flip = _earliest(flip, at + self.at_most + 1)
             else:
                 holds = False
-        return holds, _earliest(*flips)
+        return holds, flip
 
     def numeric_features(self) -> set[str]:
         return set()
+
+    def inputs(self) -> set[str]:
+        return {self.feature}
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,9 @@ class After:
     def numeric_features(self) -> set[str]:
         return set()
 
+    def inputs(self) -> set[str]:
+        return {self.feature, self.than}
+
 
 @dataclass(frozen=True)
 class Compare:
@@ -137,9 +146,12 @@ class Compare:
 
     def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
         holds = _OPERATORS[self.op](features.value(self.feature) or 0, self.value)
-        return holds, features.next_change(self.feature, self.value)
+        return holds, features.next_change(self.feature, self.op, self.value, holds)
 
     def numeric_features(self) -> set[str]:
+        return {self.feature}
+
+    def inputs(self) -> set[str]:
         return {self.feature}
 
 
@@ -148,18 +160,30 @@ class AllOf:
     parts: tuple[Condition, ...]
 
     def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
-        results = [part.evaluate(features, now) for part in self.parts]
-        return all(r[0] for r in results), _earliest(*(r[1] for r in results))
+        # Every part is evaluated, holding or not: each may say when the whole may change.
+        holds, flip = True, None
+        for part in self.parts:
+            part_holds, part_flip = part.evaluate(features, now)
+            holds = holds and part_holds
+            flip = _earliest(flip, part_flip)
+        return holds, flip
 
     def numeric_features(self) -> set[str]:
         return set().union(*(p.numeric_features() for p in self.parts))
+
+    def inputs(self) -> set[str]:
+        return set().union(*(p.inputs() for p in self.parts))
 
 
 @dataclass(frozen=True)
 class AnyOf(AllOf):
     def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
-        results = [part.evaluate(features, now) for part in self.parts]
-        return any(r[0] for r in results), _earliest(*(r[1] for r in results))
+        holds, flip = False, None
+        for part in self.parts:
+            part_holds, part_flip = part.evaluate(features, now)
+            holds = holds or part_holds
+            flip = _earliest(flip, part_flip)
+        return holds, flip
 
 
 @dataclass(frozen=True)
@@ -172,6 +196,9 @@ class Not:
 
     def numeric_features(self) -> set[str]:
         return self.part.numeric_features()
+
+    def inputs(self) -> set[str]:
+        return self.part.inputs()
 
 
 def _feature(name: object, kind: str, kinds: Kinds, where: str) -> str:

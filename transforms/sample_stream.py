@@ -95,12 +95,18 @@ def _dirt(rng: random.Random, n: int, start_ms: int) -> object:
     return rng.choice(bad)
 
 
-def sample_lines(customers: int = 500, start_ms: int = 1_748_736_000_000, seed: int = 7) -> Iterator[str]:
-    """JSON lines of a sample stream, roughly in event-time order (start: 2025-06-01 UTC)."""
+def sample_lines(
+    customers: int = 500, start_ms: int = 1_748_736_000_000, seed: int = 7, arrival_gap_ms: int = 0
+) -> Iterator[str]:
+    """JSON lines of a sample stream, roughly in event-time order (start: 2025-06-01 UTC).
+
+    Every shopper starts within six hours of ``start_ms``, plus ``arrival_gap_ms`` times their number:
+    a gap makes an endless-looking stream of new customers, each active for a few hours.
+    """
     rng = random.Random(seed)
     events: list[dict[str, object]] = []
     for number in range(customers):
-        events.extend(_shopper_events(rng, number, start_ms))
+        events.extend(_shopper_events(rng, number, start_ms + number * arrival_gap_ms))
     events.sort(key=lambda e: int(e["ts"]))  # type: ignore[call-overload]
     for index, event in enumerate(events):
         event = {"event_id": f"ev-{index:07d}", **event}

@@ -89,6 +89,7 @@ class WindowSet:
         self.session_gap_ms = session_gap_ms
         self.slides = sorted({spec.slide_ms for spec in specs})
         self.longest = max((spec.size_ms + spec.slide_ms for spec in specs), default=0)
+        self.finest = min((spec.slide_ms for spec in specs), default=60_000)
 
     def create(self) -> Activity:
         return Activity()
