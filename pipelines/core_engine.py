@@ -4,20 +4,20 @@ It is the reference every other engine is compared with (parity) and the through
 engine can approach. Single process, no checkpoints: for replays, tests and benchmarks.
 
 A customer with no pending event and no timer (nothing can change until their next event) is
-dormant: their state moves to a SQLite store on disk, so memory holds only customers still active
-within their windows, however many customers the stream brings.
+dormant: their state moves to the customer store on disk (SQLite, see
+:mod:`pipelines.customer_store`), so memory holds only customers still active within their windows,
+however many customers the stream brings. At the end every customer goes to the store.
 """
 
 from __future__ import annotations
 
 import heapq
-import tempfile
 from pathlib import Path
 
+from pipelines.customer_store import customer_store, reevaluate_on_new_rules, restore_shared, save_shared
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputSink
-from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import read_records
 from transforms.customer import CustomerState, Snapshot, Step
 from transforms.dead_letters import DeadLetter
@@ -36,10 +36,19 @@ class CoreEngine:
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
         self.timers: list[tuple[int, str]] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="segstream-core-")
-        self.dormant = SnapshotStore(Path(self._tmp.name) / "dormant.db")
 
     def run(self) -> None:
+        with customer_store(self.spec.state_file) as store:
+            self.store = store
+            restore_shared(store, self.logic)
+            reevaluate_on_new_rules(store, self.logic, self._emit_changes)
+            for key, wake in store.wakes():  # timers of customers from an earlier run
+                self._set_timer(key, wake)
+            self._replay()
+            save_shared(store, self.logic)
+        self.sink.close()
+
+    def _replay(self) -> None:
         max_ts: int | None = None
         out_of_order = self.spec.config.stream.max_out_of_orderness_ms
         for record in read_records(
@@ -57,39 +66,31 @@ class CoreEngine:
                 self._fire(max_ts - out_of_order - 1, end=None, bounded=False)
         if max_ts is not None:
             self._finish(max(max_ts, self.spec.as_of or max_ts))
-        self.sink.close()
-        self.dormant.close()
-        self._tmp.cleanup()
 
     def _finish(self, end: int) -> None:
-        """Input done: every customer goes to ``end`` (timers up to it fire); then, against the
-        complete RFM population, every final profile."""
+        """Input done: every customer goes to ``end`` (timers up to it fire) and into the store;
+        then, against the complete RFM population, every final profile."""
         self.timers.clear()
         self.wakes.clear()
-        for key, state in list(self.states.items()):
-            self._emit(key, self.logic.on_timer(state, self.pending.pop(key, []), end, end, bounded=True))
+        for key, state in self.states.items():
+            self.store.put(key, Snapshot(state, self.pending.pop(key, [])), None)
+        self.states.clear()
+        for key in self.store.all_keys():
+            snapshot = self.store.get(key)
+            assert snapshot is not None
+            step = self.logic.on_timer(snapshot.state, snapshot.pending, end, end, bounded=True)
+            self._emit_changes(step)
+            self.store.put(key, Snapshot(snapshot.state, step.remaining), self.logic.next_wake(snapshot.state))
         self.logic.model.population.refresh()
-        for state in self.states.values():
-            self.sink.final_profile(state)
+        for snapshot in self.store.snapshots():
+            self.sink.final_profile(snapshot.state)
             METRICS.customers.inc()
-        self.dormant.commit()
-        for snapshot in self.dormant.snapshots():
-            if snapshot.state.customer_id not in self.states:  # dormant: only its clock moves to the end
-                step = self.logic.on_timer(snapshot.state, [], end, end, bounded=True)
-                METRICS.record_step(step)
-                for change in step.changes:
-                    self.sink.change(change)
-                self.sink.final_profile(snapshot.state)
-                METRICS.customers.inc()
 
     def _admit(self, event: Event) -> None:
         key = event.customer_key
         state = self.states.get(key)
         if state is None:
-            snapshot = self.dormant.get(key)
-            if snapshot is not None:
-                state = self.states[key] = snapshot.state
-                self.dormant.delete(key)
+            state = self._wake_up(key)
         late, timer = self.logic.admit(state.clock if state else None, self.wakes.get(key), event)
         if late:
             self._dead_letter(self.logic.late_letter(event))
@@ -110,23 +111,39 @@ class CoreEngine:
             if self.wakes.get(key) != ts:
                 continue  # superseded by an earlier timer
             del self.wakes[key]
-            step = self.logic.on_timer(self.states[key], self.pending.pop(key, []), ts, end, bounded)
+            state = self.states.get(key) or self._wake_up(key)
+            assert state is not None, key
+            step = self.logic.on_timer(state, self.pending.pop(key, []), ts, end, bounded)
             self._emit(key, step)
+
+    def _wake_up(self, key: str) -> CustomerState | None:
+        """Bring a stored customer back into memory (None: unknown customer)."""
+        snapshot = self.store.get(key)
+        if snapshot is None:
+            return None
+        self.store.delete(key)
+        self.states[key] = snapshot.state
+        if snapshot.pending:
+            self.pending[key] = snapshot.pending
+        return snapshot.state
 
     def _emit(self, key: str, step: Step) -> None:
         if step.remaining:
             self.pending[key] = step.remaining
         if step.wake is not None:
             self._set_timer(key, step.wake)
-        METRICS.record_step(step)
-        for change in step.changes:
-            self.sink.change(change)
+        self._emit_changes(step)
         state = self.states[key]
         if step.touched:
             self.sink.profile(state)
         if step.wake is None and key not in self.pending:
-            self.dormant.put(key, Snapshot(state, []), None)
+            self.store.put(key, Snapshot(state, []), None)
             del self.states[key]
+
+    def _emit_changes(self, step: Step) -> None:
+        METRICS.record_step(step)
+        for change in step.changes:
+            self.sink.change(change)
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         METRICS.record_dead_letter(letter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipelines.outputs import OutputPaths
 from pipelines.sources import RawRecord
@@ -28,6 +29,7 @@ class JobSpec:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     chunk_events: int = 250_000  # a Beam file replay runs one pipeline per this many records
+    state_file: Path | None = None  # --resume: customers continue from (and are saved to) this store
     engine_conf: tuple[tuple[str, str], ...] = ()  # Flink configuration (KEY, VALUE) pairs: --flink-conf
 
     def cleaner(self) -> Cleaner:

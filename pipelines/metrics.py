@@ -53,6 +53,13 @@ class JobMetrics:
             "Wall clock minus the event-time watermark (live runs)",
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "segstream_webhook_deliveries",
+            "Webhook delivery outcomes by subscriber: delivered, retried (a retryable failure, retry scheduled), "
+            "failed (a permanent answer), dead_lettered (given up: permanent answer or max retry age)",
+            ["subscriber", "outcome"],
+            registry=self.registry,
+        )
         self.live = False
 
     def record_step(self, step: Step) -> None:

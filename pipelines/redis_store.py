@@ -7,24 +7,48 @@ Key layout (``prefix`` defaults to ``segstream``)::
     {prefix}:changes                 stream of segment changes: fields change_id, change (JSON)
     {prefix}:dead_letters            stream of dead letters: fields reason, dead_letter (JSON)
     {prefix}:run:summary             JSON of the last run summary
+    {prefix}:dead_letter:seen:{hash} marks a dead letter (source, position, reason) as written (expires after 7 days)
+    {prefix}:webhooks:...            delivery queues (see :mod:`pipelines.delivery_queue`)
 
 A profile is written only if its (seq, as_of) is not older than the stored one, and a change is
-applied (membership + stream entry) only if its seq is above the customer's ``change_seq``: a
-replay or a restart never moves a reader's view back and never appends a change twice.
+applied (membership + stream entry + one entry in the delivery queue of each subscriber that wants
+its segment) only if its seq is above the customer's ``change_seq``: a replay or a restart never
+moves a reader's view back, never appends a change twice and never queues a delivery twice. A dead
+letter is appended once per (source, position, reason) within a week, so a restarted replay of a file
+does not append its dead letters again.
+
+Each batch is one MULTI/EXEC transaction (readers never see half of it). When Redis goes away, the
+sink blocks (backpressure: the engine stops reading, the batch waits in memory) and retries the
+batch with backoff until Redis is back; every write in it is guarded as above, so a retry after a
+connection that broke once the batch had gone through applies nothing twice. After
+``OUTAGE_LIMIT_S`` without Redis the write fails with :class:`RedisUnavailable`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
-from collections.abc import Iterable
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
+from pipelines.delivery_queue import load_routes, queue_key
+from transforms.backoff import Backoff
 from transforms.changes import SegmentChange
 from transforms.dead_letters import DeadLetter
+
+LOG = logging.getLogger("segstream")
+OUTAGE_LIMIT_S = 600.0  # how long a write waits for Redis to come back before the job fails
+RECONNECT_BACKOFF = Backoff(initial_ms=50, max_ms=2_000)
+DEAD_LETTER_SEEN_TTL_S = 7 * 86_400
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError (a restart loading its data) included
+T = TypeVar("T")
 
 _PROFILE_SCRIPT = """
 local seq = tonumber(ARGV[1])
@@ -47,13 +71,45 @@ else
   redis.call('SREM', KEYS[2], ARGV[3])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'change_id', ARGV[4], 'change', ARGV[5])
+for i = 4, #KEYS do
+  redis.call('XADD', KEYS[i], '*', 'change_id', ARGV[4], 'customer_id', ARGV[3], 'body', ARGV[5])
+end
 redis.call('HSET', KEYS[1], 'change_seq', ARGV[1])
+return 1
+"""
+
+
+_DEAD_LETTER_SCRIPT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'reason', ARGV[1], 'dead_letter', ARGV[2])
 return 1
 """
 
 
 class RedisUnavailable(Exception):
     """Redis cannot be reached or started."""
+
+
+def retrying(action: Callable[[int], T], what: str, limit_s: float = OUTAGE_LIMIT_S) -> T:
+    """``action(attempt)`` (attempt 0, 1, ...) until it gets through without a connection error,
+    waiting with backoff in between; :class:`RedisUnavailable` once Redis stayed away ``limit_s``."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            result = action(attempt)
+        except RETRYABLE as error:
+            waited = time.monotonic() - started
+            if waited >= limit_s:
+                raise RedisUnavailable(f"Redis unavailable for {waited:.0f} s, cannot {what}: {error}") from None
+            if attempt == 0:
+                LOG.warning("Redis unavailable (%s); retrying to %s for up to %.0f s", error, what, limit_s)
+            attempt += 1
+            time.sleep(min(RECONNECT_BACKOFF.delay_ms(attempt, random.random()) / 1000, limit_s - waited))
+            continue
+        if attempt:
+            LOG.warning("Redis is back after %.1f s", time.monotonic() - started)
+        return result
 
 
 def start_embedded(state_dir: Path) -> tuple[str, Any]:
@@ -123,7 +179,8 @@ class StopClock:
 
 
 class RedisSink:
-    """Writes changes and profiles in pipelined batches through the seq-guarded scripts."""
+    """Writes changes, profiles and dead letters in transactional batches through the seq-guarded
+    scripts, queueing each new change for the webhook subscribers registered in Redis."""
 
     def __init__(self, client: redis.Redis, prefix: str = "segstream", stream_maxlen: int = 1_000_000) -> None:
         self.client = client
@@ -131,6 +188,8 @@ class RedisSink:
         self.stream_maxlen = stream_maxlen
         self._profile = client.register_script(_PROFILE_SCRIPT)
         self._change = client.register_script(_CHANGE_SCRIPT)
+        self._dead_letter = client.register_script(_DEAD_LETTER_SCRIPT)
+        self.routes = retrying(lambda _: load_routes(client, prefix), "read the webhook subscribers")
 
     def profile_key(self, customer_id: str) -> str:
         return f"{self.prefix}:profile:{customer_id}"
@@ -148,16 +207,19 @@ class RedisSink:
         profiles: Iterable[dict[str, Any]],
         dead_letters: Iterable[DeadLetter] = (),
         acks: Iterable[tuple[str, str, str]] = (),
-    ) -> int:
+    ) -> None:
         """Apply ``changes`` (in order), ``profiles`` and ``dead_letters``, then acknowledge ``acks``
-        (``(stream, group, entry id)``: their effects are written first), in one pipeline.
-        Return the number of changes applied (0 for a replayed change)."""
-        pipe = self.client.pipeline(transaction=False)
-        n_changes = 0
-        for change in changes:
-            self._change(
-                keys=[self.profile_key(change.customer_id), self.segment_key(change.segment), self.changes_key],
-                args=[
+        (``(stream, group, entry id)``: their effects are written first), in one transaction.
+        Blocks while Redis is away (see the module's docstring)."""
+        change_calls = [
+            (
+                [
+                    self.profile_key(change.customer_id),
+                    self.segment_key(change.segment),
+                    self.changes_key,
+                    *(queue_key(self.prefix, r.name) for r in self.routes if r.wants(change.segment)),
+                ],
+                [
                     change.seq,
                     change.change,
                     change.customer_id,
@@ -165,26 +227,40 @@ class RedisSink:
                     json.dumps(change.to_dict()),
                     self.stream_maxlen,
                 ],
-                client=pipe,
             )
-            n_changes += 1
-        for profile in profiles:
-            self._profile(
-                keys=[self.profile_key(profile["customer_id"])],
-                args=[profile["seq"], profile["as_of"] or 0, json.dumps(profile)],
-                client=pipe,
+            for change in changes
+        ]
+        profile_calls = [
+            ([self.profile_key(p["customer_id"])], [p["seq"], p["as_of"] or 0, json.dumps(p)]) for p in profiles
+        ]
+        letters = [
+            (
+                [f"{self.prefix}:dead_letters", self._seen_key(d)],
+                [d.reason, json.dumps(d.to_dict()), DEAD_LETTER_SEEN_TTL_S, self.stream_maxlen],
             )
-        for letter in dead_letters:
-            pipe.xadd(
-                f"{self.prefix}:dead_letters",
-                {"reason": letter.reason, "dead_letter": json.dumps(letter.to_dict())},
-                maxlen=self.stream_maxlen,
-                approximate=True,
-            )
-        for stream, group, entry_id in acks:
-            pipe.xack(stream, group, entry_id)
-        results = pipe.execute() if pipe.command_stack else []
-        return sum(int(r) for r in results[:n_changes])
+            for d in dead_letters
+        ]
+        acks = list(acks)
+        if not (change_calls or profile_calls or letters or acks):
+            return
+
+        def attempt(_: int) -> None:
+            pipe = self.client.pipeline(transaction=True)
+            for keys, args in change_calls:
+                self._change(keys=keys, args=args, client=pipe)
+            for keys, args in profile_calls:
+                self._profile(keys=keys, args=args, client=pipe)
+            for keys, args in letters:
+                self._dead_letter(keys=keys, args=args, client=pipe)
+            for stream, group, entry_id in acks:
+                pipe.xack(stream, group, entry_id)
+            pipe.execute()
+
+        retrying(attempt, "write a batch")
+
+    def _seen_key(self, letter: DeadLetter) -> str:
+        identity = "\x1f".join((letter.source, str(letter.position), letter.reason))
+        return f"{self.prefix}:dead_letter:seen:{hashlib.sha256(identity.encode()).hexdigest()[:24]}"
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.client.set(f"{self.prefix}:run:summary", json.dumps(summary))
+        retrying(lambda _: self.client.set(f"{self.prefix}:run:summary", json.dumps(summary)), "write the summary")

@@ -62,7 +62,11 @@ class SnapshotStore:
         for (data,) in self._db.execute("SELECT data FROM snapshots ORDER BY key"):
             yield pickle.loads(data)
 
-    def keys(self) -> list[str]:
+    def wakes(self) -> list[tuple[str, int]]:
+        """Every stored customer that has a timer, with the timer."""
+        return [(row[0], row[1]) for row in self._db.execute("SELECT key, wake FROM snapshots WHERE wake IS NOT NULL")]
+
+    def all_keys(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT key FROM snapshots")]
 
     def commit(self) -> None:

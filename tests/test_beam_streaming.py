@@ -15,10 +15,13 @@ from pipelines.beam_pipeline import LiveCustomerFn, build
 from pipelines.redis_store import StopClock
 from pipelines.sources import RawRecord
 from tests.conftest import make_spec, read_jsonl
+from tests.test_customer import RULES_DOCUMENT
+from transforms.config import parse_config
 
 T0 = 1_740_820_000_000  # 2025-03-01T09:06:40Z
 MINUTE = 60_000
 DAY = 86_400_000
+CONFIG = parse_config(RULES_DOCUMENT, env={})  # the timer tests' three segments, not the default set
 
 
 def record(n: int, kind: str, ts: int, **fields: Any) -> RawRecord:
@@ -37,7 +40,7 @@ def stamped(*records: RawRecord) -> list[beam.window.TimestampedValue]:
 def run_stream(stream: TestStream, tmp_path: Path, redis_url: str, end: int) -> Path:
     """Run the topology over ``stream``; the live stop clock says the input ended at ``end``."""
     out = tmp_path / "out"
-    spec = make_spec("test-stream", redis_url, out)
+    spec = make_spec("test-stream", redis_url, out, config=CONFIG)
     stop_clock = StopClock(redis_url, "segstream:run:test:stop_at")
     stop_clock.mark(end)
     with beam.Pipeline(options=PipelineOptions(["--streaming"])) as pipeline:

@@ -147,6 +147,11 @@ class CustomerLogic:
             total.remaining, total.wake = step.remaining, step.wake
         return total
 
+    def next_wake(self, state: CustomerState) -> int | None:
+        """The customer's next timer with no pending event: a rule's flip or the state's expiry."""
+        wakes = [t for t in (state.rule_wake, self._expires_at(state)) if t is not None]
+        return min(wakes, default=None)
+
     def late_letter(self, event: Event) -> DeadLetter:
         """The dead letter of an event that :meth:`admit` found late."""
         return DeadLetter(

@@ -277,11 +277,11 @@ class RuleSet:
         return members, wake
 
     def decided_by(self, segment: str, features: View) -> dict[str, float]:
-        """The numeric feature values the segment's rule reads (the scores in a change)."""
-        return {
-            name: round(float(features.value(name) or 0), 4)
-            for name in sorted(self.segments[segment].numeric_features())
-        }
+        """The numeric feature values the segment's rule reads (the scores in a change; none for a
+        segment no longer in the rules)."""
+        condition = self.segments.get(segment)
+        names = sorted(condition.numeric_features()) if condition is not None else []
+        return {name: round(float(features.value(name) or 0), 4) for name in names}
 
 
 def parse_rules(document: object, kinds: Kinds | None = None) -> RuleSet:

@@ -141,15 +141,12 @@ def make_subscriber(
         missing = segments - set(known_segments) if known_segments is not None else set()
         if missing:
             raise WebhookConfigError(f"{where}.segments: unknown segment(s): {', '.join(sorted(missing))}")
-    retry = RetryPolicy(
-        Backoff(
-            _duration(settings, "backoff_initial", where, 500),
-            _duration(settings, "backoff_max", where, 5 * 60_000),
-        ),
-        _duration(settings, "max_retry_age", where, RetryPolicy().max_age_ms),
-    )
-    if retry.backoff.max_ms < retry.backoff.initial_ms:
-        raise WebhookConfigError(f"{where}: backoff_max is below backoff_initial")
+    initial = _duration(settings, "backoff_initial", where, 500)
+    longest = _duration(settings, "backoff_max", where, 5 * 60_000)
+    if not 0 < initial <= longest:
+        raise WebhookConfigError(f"{where}: need 0 < backoff_initial <= backoff_max")
+    max_age = _duration(settings, "max_retry_age", where, RetryPolicy().max_age_ms)
+    retry = RetryPolicy(Backoff(initial, longest), max_age)
     rate = settings.get("rate_limit")
     return Subscriber(
         name=name,

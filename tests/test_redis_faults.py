@@ -1,0 +1,176 @@
+"""The Redis sink and the delivery workers when Redis goes away: a real redis-server stopped and
+restarted mid-run, and a connection cut after a batch was sent but before its answer came back."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipelines.delivery_queue import register
+from pipelines.redis_store import RedisSink, RedisUnavailable, retrying
+from tests.conftest import read_jsonl
+from tests.delivery_harness import (
+    FaultRow,
+    RedisProcess,
+    check_customer_order,
+    check_delivered,
+    deliveries_metric,
+    receiving,
+    redis_state,
+    run_job,
+    subscriber,
+    wanted,
+    with_subscribers,
+)
+from transforms.changes import SegmentChange, change_id
+from transforms.dead_letters import DeadLetter
+from transforms.sample_stream import sample_lines
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.stop()
+
+
+def test_redis_stopped_and_restarted_mid_run_loses_nothing(
+    redis_process: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(sample_lines(300)) + "\n", encoding="utf-8")
+    url = redis_process.url
+    run_job(source, url, tmp_path / "reference", "reference", with_subscribers())
+    client = redis.Redis.from_url(url)
+    with receiving(tmp_path / "a.jsonl") as (a, url_a), receiving(tmp_path / "b.jsonl") as (b, url_b):
+        subs = [subscriber("outage-a", url_a), subscriber("outage-b", url_b, segments=["recent_buyer"])]
+        job = threading.Thread(
+            target=run_job, args=(source, url, tmp_path / "out", "outage", with_subscribers(*subs)), daemon=True
+        )
+        with caplog.at_level(logging.WARNING, logger="segstream"):
+            job.start()
+            while client.xlen("outage:changes") == 0:
+                time.sleep(0.002)
+            redis_process.stop()
+            written_before = len(read_jsonl(tmp_path / "out" / "changes.jsonl"))
+            assert job.is_alive()
+            time.sleep(1.0)
+            redis_process.start()
+            job.join(timeout=120)
+        assert not job.is_alive()
+    changes = read_jsonl(tmp_path / "out" / "changes.jsonl")
+    assert written_before < len(changes), "the outage came after the last change"
+    assert "Redis unavailable" in caplog.text and "Redis is back" in caplog.text
+    assert redis_state(client, "outage") == redis_state(client, "reference")
+    for sub, receiver in zip(subs, (a, b), strict=True):
+        check_delivered(changes, sub, receiver)
+        check_customer_order(receiver)
+    FaultRow(
+        fault="redis-server stopped for 1 s mid-run, then restarted",
+        emitted=len(changes),
+        delivered={s.name: len(r.lines()) for s, r in zip(subs, (a, b), strict=True)},
+        expected={s.name: len(wanted(changes, s)) for s in subs},
+        retries=sum(deliveries_metric(s.name, "retried") for s in subs),
+        dead_letters=sum(deliveries_metric(s.name, "dead_lettered") for s in subs),
+        repeats_dropped=a.duplicates + b.duplicates,
+        notes=f"stopped after the first batch ({written_before} changes emitted by then); the sink and the "
+        "workers waited and reconnected",
+    ).record()
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that, when armed, forwards the next transaction (EXEC) to Redis but cuts
+    the connection before the answer gets back: the client cannot know whether it was applied."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            swallow = threading.Event()
+            threading.Thread(target=self._to_server, args=(client, server, swallow), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client, swallow), daemon=True).start()
+
+    def _to_server(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
+        while data := _recv(client):
+            cut = self.armed.is_set() and b"$4\r\nEXEC\r\n" in data
+            if cut:
+                swallow.set()  # the answer to this one never reaches the client
+            server.sendall(data)
+            if cut:
+                self.armed.clear()
+                time.sleep(0.2)  # Redis applies the transaction meanwhile
+                self.cuts += 1
+                for sock in (client, server):
+                    sock.close()
+                return
+
+    def _to_client(self, server: socket.socket, client: socket.socket, swallow: threading.Event) -> None:
+        while (data := _recv(server)) and not swallow.is_set():
+            try:
+                client.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def test_a_batch_retried_after_its_answer_was_lost_is_applied_once(redis_process: RedisProcess) -> None:
+    direct = redis.Redis.from_url(redis_process.url)
+    changes = [
+        SegmentChange(change_id("user:1", "s", direction, seq), "user:1", "s", direction, seq, seq, "rule", "v")
+        for seq, direction in ((1, "entered"), (2, "exited"), (3, "entered"))
+    ]
+    profile = {"customer_id": "user:1", "seq": 3, "as_of": 30, "segments": ["s"]}
+    letter = DeadLetter("malformed", None, "not JSON", "{", "events.jsonl", "7")
+    hooks = subscriber("cut", "http://127.0.0.1:9/")
+    for prefix in ("reference", "cut"):
+        register(direct, prefix, [hooks])
+    RedisSink(direct, "reference").write(changes, [profile], [letter])
+    proxy = CuttingProxy(redis_process.port)
+    try:
+        sink = RedisSink(redis.Redis(port=proxy.port, socket_timeout=5), "cut")
+        proxy.armed.set()
+        sink.write(changes, [profile], [letter])
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert redis_state(direct, "cut") == redis_state(direct, "reference")
+    assert direct.xlen("cut:changes") == 3 and direct.xlen("cut:dead_letters") == 1
+    assert direct.xlen("cut:webhooks:cut:queue") == 3  # queued once
+
+
+def test_the_sink_gives_up_after_the_outage_limit(redis_process: RedisProcess) -> None:
+    client = redis.Redis.from_url(redis_process.url, socket_connect_timeout=0.5)
+    redis_process.stop()
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable, match="Redis unavailable for 0 s, cannot ping"):
+        retrying(lambda _: client.ping(), "ping", limit_s=0.3)
+    assert 0.25 < time.monotonic() - started < 3
