@@ -11,6 +11,7 @@ step of a live run is :class:`LiveCustomerFn` here; file replays use
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from transforms.cleaning import Cleaner, CleaningConfig
 from transforms.config import JobConfig
 from transforms.customer import CustomerState, Step
 from transforms.dead_letters import DeadLetter
+from transforms.rfm import Population
 
 DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
 
@@ -77,6 +79,9 @@ class CustomerStepFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(ACKS, (event.source, event.position))
 
 
+_WORKER_POPULATIONS: dict[str, Population] = {}  # live pipeline -> this worker's buyers
+
+
 class LiveCustomerFn(CustomerStepFn):
     """The customer step of a live run: a tick timer follows the watermark through the customer's
     pending events and rule timers; on the drain, ``stop_clock`` caps event time.
@@ -93,6 +98,13 @@ class LiveCustomerFn(CustomerStepFn):
     def __init__(self, config: JobConfig, stop_clock: StopClock) -> None:
         super().__init__(config)
         self.stop_clock = stop_clock
+        self.run_key = uuid.uuid4().hex  # set once, at pipeline construction; every copy shares it
+
+    def setup(self) -> None:
+        super().setup()
+        # The runner may make a new instance per bundle: the worker's RFM population outlives them.
+        self.logic.model.population = _WORKER_POPULATIONS.setdefault(self.run_key, Population())
+        self.ranked_for_final = False
 
     def process(
         self,
@@ -143,6 +155,9 @@ class LiveCustomerFn(CustomerStepFn):
         customer = state.read()
         if customer is not None:
             METRICS.customers.inc()
+            if not self.ranked_for_final:  # final profiles rank against the whole population seen
+                self.logic.model.population.refresh()
+                self.ranked_for_final = True
             yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
 
     def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:

@@ -29,7 +29,7 @@ from transforms.windows import WindowSpec
 
 DEFAULT_EMAIL_SALT = "segstream-insecure-default-salt"
 SALT_ENV = "SEGSTREAM_EMAIL_SALT"
-_TOP_KEYS = {"version", "segments", "cleaning", "stream", "webhooks", "windows", "sessions", "engagement"}
+_TOP_KEYS = {"version", "segments", "cleaning", "stream", "webhooks", "windows", "sessions", "engagement", "rfm"}
 _CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes"}
 _STREAM_KEYS = {"max_out_of_orderness", "allowed_lateness", "dedup_horizon"}
 _ENGAGEMENT_KEYS = {"weights", "half_life", "saturation"}
@@ -167,7 +167,13 @@ def _profile(document: Mapping[str, object]) -> ProfileConfig:
     gap = _duration(sessions, "gap", "sessions", ProfileConfig().session_gap_ms)
     if gap <= 0:
         raise ConfigError("config: sessions.gap must be positive")
-    return ProfileConfig(windows=_windows(document), session_gap_ms=gap, engagement=_engagement(document))
+    rfm = _section(document, "rfm", {"refresh"})
+    refresh = _duration(rfm, "refresh", "rfm", ProfileConfig().rfm_refresh_ms)
+    if refresh <= 0:
+        raise ConfigError("config: rfm.refresh must be positive")
+    return ProfileConfig(
+        windows=_windows(document), session_gap_ms=gap, engagement=_engagement(document), rfm_refresh_ms=refresh
+    )
 
 
 def load_config(path: str | Path | None) -> JobConfig:

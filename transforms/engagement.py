@@ -93,15 +93,27 @@ class EngagementModel:
 
     def falls_below(self, points: Points, threshold: float, now: int) -> int | None:
         """The first millisecond after ``now`` at which the score is under ``threshold``; None when it
-        already is (with no new event it only falls) or never will be."""
+        already is (with no new event it only falls) or never will be.
+
+        The formula gives an estimate; a bracketing search around it makes the answer exact for the
+        floating-point score (the score never rises with time, so the search is sound)."""
         if points.at is None or threshold <= 0.0 or self.score(points, now) < threshold:
             return None
-        if threshold >= 100.0:
-            return now + 1
-        needed = -self.config.saturation * math.log(1.0 - threshold / 100.0)  # points at the threshold
+        estimate = now + 1
+        needed = -self.config.saturation * math.log1p(-threshold / 100.0) if threshold < 100.0 else 0.0
         current = self.points(points, now)
-        at = now + self.config.half_life_ms * math.log2(current / needed)
-        moment = max(now + 1, math.floor(at) + 1)
-        while self.score(points, moment) >= threshold:  # guard against rounding in log2
-            moment += 1
-        return moment
+        if needed > 0.0 and current > needed:  # points at the threshold, then when they decay to it
+            estimate = max(now + 1, math.floor(now + self.config.half_life_ms * math.log2(current / needed)))
+        low = estimate - 1 if estimate - 1 > now and self.score(points, estimate - 1) >= threshold else now
+        step, high = 1, estimate
+        while self.score(points, high) >= threshold:  # widen until the score is under the threshold
+            low, high, step = high, high + step, step * 2
+            if step > 2**62:
+                return None
+        while high - low > 1:  # invariant: score(low) >= threshold > score(high)
+            middle = (low + high) // 2
+            if self.score(points, middle) >= threshold:
+                low = middle
+            else:
+                high = middle
+        return high

@@ -45,6 +45,7 @@ class ProfileConfig:
     windows: tuple[WindowSpec, ...] = DEFAULT_WINDOWS
     session_gap_ms: int = 30 * 60_000
     engagement: EngagementConfig = field(default_factory=EngagementConfig)
+    rfm_refresh_ms: int = DAY  # RFM-based segments are evaluated again at least this often
 
 
 @dataclass(slots=True)
@@ -65,6 +66,7 @@ class ProfileModel:
         self.windows = WindowSet(config.windows, config.session_gap_ms)
         self.engagement = EngagementModel(config.engagement)
         self.population = population if population is not None else Population()
+        self._parsed: dict[str, tuple[str, str, str, bool]] = {}
 
     def kind(self, name: str) -> str:
         """``"time"`` or ``"number"``; ValueError naming the problem for an unknown feature."""
@@ -82,6 +84,21 @@ class ProfileModel:
                 raise ValueError(f"unknown window metric {metric!r} in {name!r} (known: {', '.join(sorted(METRICS))})")
             return "number"
         raise ValueError(f"unknown feature {name!r}")
+
+    def parse(self, name: str) -> tuple[str, str, str, bool]:
+        """``(head, window, metric, only_falls)`` of a feature name, parsed once."""
+        parsed = self._parsed.get(name)
+        if parsed is None:
+            head, _, rest = name.partition(".")
+            if head == "window":
+                window, _, metric = rest.partition(".")
+                parsed = (head, window, metric, metric in ONLY_FALL)
+            elif head == "rfm":
+                parsed = (head, "", rest, False)
+            else:
+                parsed = (name if name == "engagement_score" else "lifetime", "", "", name == "engagement_score")
+            self._parsed[name] = parsed
+        return parsed
 
     def touches(self, kind: str, name: str) -> bool:
         """Whether applying an event of type ``kind`` may change feature ``name`` (else a rule that
@@ -145,26 +162,30 @@ class FeatureView:
         return cached  # type: ignore[return-value]
 
     def _compute(self, name: str) -> float | int | None:
-        head, _, rest = name.partition(".")
+        head, window, metric, _ = self.model.parse(name)
         if head == "window":
-            window, _, metric = rest.partition(".")
             return self.model.windows.value(self.state.activity, window, metric, self.now)
-        if name == "engagement_score":
+        if head == "engagement_score":
             return self.model.engagement.score(self.state.points, self.now)
         if head == "rfm":
-            return self.model.population.scores(self.state.rfm)[rest]
+            return self.model.population.scores(self.state.rfm)[metric]
         return self.state.features.value(name)
 
     def next_change(self, name: str, op: str, threshold: float, holds: bool) -> int | None:
         """When ``name op threshold`` (now ``holds``) may next flip with no new event (None: never)."""
-        head, _, rest = name.partition(".")
-        window, _, metric = rest.partition(".")
-        only_falls = name == "engagement_score" or (head == "window" and metric in ONLY_FALL)
+        head, window, _, only_falls = self.model.parse(name)
+        if head == "rfm":  # ranks move with the population: look again at the next refresh boundary
+            refresh = self.model.config.rfm_refresh_ms
+            return (self.now // refresh + 1) * refresh if self.state.rfm is not None else None
+        if head not in ("window", "engagement_score"):
+            return None
         # With no new event these only fall: "> x" can only flip while it holds, "< x" while it does not.
         if only_falls and ((op in (">", ">=") and not holds) or (op in ("<", "<=") and holds)):
             return None
-        if head == "window":
-            return self.model.windows.next_change(self.state.activity, self.now, frozenset((window,)))
-        if name == "engagement_score":
+        if head == "engagement_score":
             return self.model.engagement.falls_below(self.state.points, threshold, self.now)
-        return None
+        key = "next:" + window
+        cached = self._cache.get(key, _MISSING)
+        if cached is _MISSING:
+            cached = self._cache[key] = self.model.windows.next_change(self.state.activity, self.now, window)
+        return cached  # type: ignore[return-value]

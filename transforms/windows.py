@@ -30,11 +30,12 @@ from transforms.events import EVENT_TYPES, Event
 
 _TYPES = tuple(sorted(EVENT_TYPES))
 _TYPE_INDEX = {kind: i for i, kind in enumerate(_TYPES)}
-_SPEND = len(_TYPES)
+_EVENTS = len(_TYPES)  # a pane: [count per type..., events, spend, cart value]
+_SPEND = _EVENTS + 1
 _CART = _SPEND + 1
 _SLOTS = _CART + 1
 _SEEN = ("products", "categories", "orders")
-_SLOT = {"spend": _SPEND, "cart_value": _CART} | {f"count.{kind}": i for kind, i in _TYPE_INDEX.items()}
+_SLOT = {"events": _EVENTS, "spend": _SPEND, "cart_value": _CART} | {f"count.{k}": i for k, i in _TYPE_INDEX.items()}
 METRICS = frozenset(
     {"events", "products", "categories", "orders", "sessions", "session_minutes", "cart_value", "spend"}
     | {f"count.{kind}" for kind in _TYPES}
@@ -48,14 +49,12 @@ class WindowSpec:
     name: str
     size_ms: int
     slide_ms: int
+    panes: int = field(init=False, compare=False)  # size_ms // slide_ms
 
     def __post_init__(self) -> None:
         if self.slide_ms <= 0 or self.size_ms <= 0 or self.size_ms % self.slide_ms:
             raise ValueError(f"window {self.name!r}: size must be a positive multiple of slide")
-
-    @property
-    def panes(self) -> int:
-        return self.size_ms // self.slide_ms
+        object.__setattr__(self, "panes", self.size_ms // self.slide_ms)
 
     def first_pane(self, now: int) -> int:
         """Index (in ``slide_ms`` units) of the oldest pane the window covers at ``now``."""
@@ -96,23 +95,25 @@ class WindowSet:
 
     def add(self, activity: Activity, event: Event) -> None:
         """Fold one event in; events may come in any order."""
-        slots = [0.0] * _SLOTS
-        slots[_TYPE_INDEX[event.type]] = 1
+        kind, ts = _TYPE_INDEX[event.type], event.ts
+        slot, value = 0, 0.0  # the one money slot an event may add to (slot 0 with 0.0: none)
         if event.type == "purchase":
-            slots[_SPEND] = event.amount or 0.0
+            slot, value = _SPEND, event.amount or 0.0
         elif event.type == "refund":
-            slots[_SPEND] = -(event.amount or 0.0)
+            slot, value = _SPEND, -(event.amount or 0.0)
         elif event.type == "add_to_cart":
-            slots[_CART] = (event.price or 0.0) * (event.quantity or 1)
+            slot, value = _CART, (event.price or 0.0) * (event.quantity or 1)
         for slide in self.slides:
-            panes = activity.panes.setdefault(slide, {})
-            pane = panes.get(event.ts // slide)
+            panes = activity.panes.get(slide)
+            if panes is None:
+                panes = activity.panes[slide] = {}
+            pane = panes.get(ts // slide)
             if pane is None:
-                panes[event.ts // slide] = slots.copy()
-            else:
-                for i, value in enumerate(slots):
-                    if value:
-                        pane[i] += value
+                pane = panes[ts // slide] = [0] * _SLOTS  # ints pickle small; money turns a slot float
+            pane[kind] += 1
+            pane[_EVENTS] += 1
+            if value:
+                pane[slot] += value
         _last_seen(activity.products, event.product_id, event.ts)
         _last_seen(activity.categories, event.category, event.ts)
         if event.type in ("purchase", "refund"):
@@ -164,7 +165,7 @@ class WindowSet:
                 totals = [a + b for a, b in zip(totals, slots, strict=True)]
         result: dict[str, float] = {f"count.{kind}": int(totals[i]) for kind, i in _TYPE_INDEX.items()}
         result.update(
-            events=int(sum(totals[:_SPEND])),
+            events=int(totals[_EVENTS]),
             cart_value=round(totals[_CART], 2),
             spend=round(totals[_SPEND], 2),
             **{metric: self.value(activity, name, metric, now) for metric in (*_SEEN, "sessions", "session_minutes")},
@@ -183,28 +184,26 @@ class WindowSet:
             if metric == "sessions":
                 return len(durations)
             return round(sum(durations) / len(durations) / 60_000, 3) if durations else 0.0
-        first, last = spec.first_pane(now), now // spec.slide_ms
-        panes = [slots for index, slots in activity.panes.get(spec.slide_ms, {}).items() if first <= index <= last]
-        if metric == "events":
-            return int(sum(sum(slots[:_SPEND]) for slots in panes))
+        last = now // spec.slide_ms
+        first = last - spec.panes + 1
         slot = _SLOT[metric]
-        total = sum(slots[slot] for slots in panes)
-        return round(total, 2) if slot >= _SPEND else int(total)
+        total = 0
+        for index, pane in activity.panes.get(spec.slide_ms, {}).items():
+            if first <= index <= last:
+                total += pane[slot]
+        return round(total, 2) if slot >= _SPEND else total
 
-    def next_change(self, activity: Activity, now: int, names: frozenset[str] | None = None) -> int | None:
-        """The earliest time after ``now`` at which something leaves one of the windows (``names``: all)."""
+    def next_change(self, activity: Activity, now: int, name: str | None = None) -> int | None:
+        """The earliest time after ``now`` at which something leaves window ``name`` (None: any window)."""
         earliest: int | None = None
-        for spec in self.specs.values():
-            if names is not None and spec.name not in names:
-                continue
-            first = spec.first_pane(now)
+        for spec in self.specs.values() if name is None else (self.specs[name],):
             slide = spec.slide_ms
-            indexes = [i for i in activity.panes.get(slide, {}) if i >= first and i * slide <= now]
-            oldest = min(indexes, default=None)
-            if oldest is None:
-                continue
-            leaves = (oldest + spec.panes) * slide
-            earliest = leaves if earliest is None else min(earliest, leaves)
+            last = now // slide
+            first = last - spec.panes + 1
+            oldest = min((i for i in activity.panes.get(slide, ()) if first <= i <= last), default=None)
+            if oldest is not None:
+                leaves = (oldest + spec.panes) * slide
+                earliest = leaves if earliest is None or leaves < earliest else earliest
         return earliest
 
     def prune(self, activity: Activity, horizon: int) -> None:
