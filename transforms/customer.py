@@ -188,8 +188,11 @@ class CustomerLogic:
         if state.rules_version != self.rules.version and state.clock is not None:
             self._evaluate(state, state.clock, from_timer=False, step=step)  # a changed rule set
         state.rules_version = self.rules.version
-        due = sorted((e for e in pending if e.ts <= to_ts), key=lambda e: e.order_key)
-        step.remaining = [e for e in pending if e.ts > to_ts]
+        if len(pending) == 1:  # the common case: one event per timer
+            due, step.remaining = (pending, []) if pending[0].ts <= to_ts else ([], pending)
+        else:
+            due = sorted((e for e in pending if e.ts <= to_ts), key=lambda e: e.order_key)
+            step.remaining = [e for e in pending if e.ts > to_ts]
         floor = state.clock if state.clock is not None else -(2**62)
         first = state.features.last_seen is None  # before a customer's first event: every rule is evaluated
         kinds: set[str] = set()
