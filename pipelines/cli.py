@@ -413,6 +413,103 @@ def import_(dataset: str, input_path: Path, output_path: Path) -> None:
     click.echo(f"{n:,} events written to {output_path}")
 
 
+@main.command()
+@click.argument("output_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--truth",
+    "truth_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="JSON file of the ground truth: the person of every identifier, shared ones, link groups, counts.",
+)
+@click.option("--persons", type=int, default=1000, show_default=True, help="Persons in the population.")
+@click.option("--days", type=int, default=14, show_default=True, help="Days of event time.")
+@click.option("--start", help="First day (RFC 3339 with an offset, or epoch ms). Default: 2025-06-01T00:00:00Z.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Same seed, same bytes.")
+@click.option("--login-share", type=float, default=0.6, show_default=True, help="Persons with a user_id.")
+@click.option("--email-share", type=float, default=0.6, show_default=True, help="Persons who give an email.")
+@click.option(
+    "--shared-device-share",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Persons in households of 2-3 sharing a family computer.",
+)
+@click.option("--placeholder-rate", type=float, default=0.01, show_default=True, help="Events with a placeholder id.")
+@click.option("--duplicate-rate", type=float, default=0.02, show_default=True, help="Events delivered twice.")
+@click.option("--late-rate", type=float, default=0.01, show_default=True, help="Events delivered late.")
+@click.option("--dirty-rate", type=float, default=0.005, show_default=True, help="Events replaced by a bad record.")
+@click.option(
+    "--email-salt",
+    help="Key the truth's emails as the job stores them, HMAC-SHA256 with this salt (default: clear addresses).",
+)
+def generate(
+    output_path: Path,
+    truth_path: Path,
+    persons: int,
+    days: int,
+    start: str | None,
+    seed: int,
+    login_share: float,
+    email_share: float,
+    shared_device_share: float,
+    placeholder_rate: float,
+    duplicate_rate: float,
+    late_rate: float,
+    dirty_rate: float,
+    email_salt: str | None,
+) -> None:
+    """Write a realistic stream with ground truth to OUTPUT_PATH (.jsonl or .jsonl.gz) and --truth."""
+    from transforms.generator import DEFAULT_START_MS, GeneratorConfig, StreamGenerator, truth_for_salt
+
+    start_ms = _timestamp(start, "--start")
+    try:
+        config = GeneratorConfig(
+            persons=persons,
+            days=days,
+            start_ms=DEFAULT_START_MS if start_ms is None else start_ms,
+            seed=seed,
+            login_share=login_share,
+            email_share=email_share,
+            shared_device_share=shared_device_share,
+            placeholder_rate=placeholder_rate,
+            duplicate_rate=duplicate_rate,
+            late_rate=late_rate,
+            dirty_rate=dirty_rate,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if output_path.resolve() == truth_path.resolve():
+        raise UserError("--truth must be another file than the stream")
+    generator = StreamGenerator(config)
+    for path in (output_path, truth_path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab"):
+                pass
+        except OSError as error:
+            raise UserError(f"cannot write {path}: {error.strerror}") from None
+    with open(output_path, "wb") as raw:
+        # mtime=0 and no name in the gzip header: the same seed gives the same bytes.
+        binary = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if output_path.name.endswith(".gz") else raw
+        )
+        with binary:
+            for line in generator.lines():
+                binary.write(line.encode() + b"\n")
+    truth = generator.truth()
+    if email_salt is not None:
+        truth = truth_for_salt(truth, email_salt)
+    truth_path.write_text(json.dumps(truth, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    counts = truth["counts"]
+    click.echo(
+        f"{counts['lines']:,} lines ({counts['events']:,} events, {counts['duplicates']:,} duplicates, "
+        f"{counts['late']:,} late, {sum(counts['dirty'].values()):,} dirty) of {counts['persons']:,} persons, "
+        f"{sum(counts['identifiers'].values()):,} identifiers, {counts['shared_devices']:,} shared devices "
+        f"-> {output_path}; truth -> {truth_path}"
+    )
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
