@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 
-from pipelines.redis_store import RedisUnavailable, connect
+from pipelines.redis_store import RedisUnavailable, connect, retrying
 
 SCHEMES = {"redis-stream": "redis", "rediss-stream": "rediss"}
 
@@ -87,12 +87,15 @@ class StreamReader:
     def read(self, count: int = 500, block_ms: int = 200) -> list[tuple[str, bytes | None]]:
         """Up to ``count`` entries as ``(entry id, event JSON bytes or None)``."""
         backlog = self._backlog_from
-        reply = self.client.xreadgroup(
-            self.spec.group,
-            self.spec.consumer,
-            {self.spec.stream: backlog or ">"},
-            count=count,
-            block=None if backlog else block_ms,
+        reply = retrying(  # a Redis outage holds the reader (and so the job) until Redis is back
+            lambda _: self.client.xreadgroup(
+                self.spec.group,
+                self.spec.consumer,
+                {self.spec.stream: backlog or ">"},
+                count=count,
+                block=None if backlog else block_ms,
+            ),
+            f"read {self.spec.stream}",
         )
         entries = reply[0][1] if reply else []
         if backlog is not None:
