@@ -406,6 +406,11 @@ def test_all_any_not_values_and_flips() -> None:
     later = T0 + 2 * HOUR
     assert AllOf((soon, Not(recent))).evaluate(seen, later) == (True, None)
     assert AnyOf((recent, Compare("spend", ">", 0))).evaluate(seen, later) == (False, None)
+    # A false part no timer can change keeps `all` false, a true one keeps `any` true: no wake needed.
+    never = Compare("spend", ">", 0)  # false, and only an event can change it
+    assert AllOf((soon, never)).evaluate(seen, now) == (False, None)
+    assert AnyOf((soon, Not(never))).evaluate(seen, now) == (True, None)
+    assert Not(AllOf((soon, never))).evaluate(seen, now) == (True, None)
 
 
 def at(features: Features, now: int) -> FeatureView:
@@ -422,8 +427,9 @@ def test_ruleset_evaluate_members_and_wake() -> None:
     bought = Features(last_at={"add_to_cart": T0, "purchase": T0 + MINUTE}, spend=600.0)
     members, wake = rules.evaluate(at(bought, T0 + HOUR), T0 + HOUR)
     assert members == {"recent_buyer", "big_spender"}
-    # cart_abandoner is out (purchase after the cart) yet its window still says when it may change.
-    assert wake == T0 + DAY + 1
+    # cart_abandoner is out for good (the purchase came after the cart, which no timer changes): the
+    # next wake is recent_buyer's expiry, not the cart's 24 h bound.
+    assert wake == T0 + MINUTE + 30 * DAY + 1
     assert rules.evaluate(at(bought, T0 + 2 * DAY), T0 + 2 * DAY) == (
         {"recent_buyer", "big_spender"},
         T0 + MINUTE + 30 * DAY + 1,

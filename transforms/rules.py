@@ -160,13 +160,15 @@ class AllOf:
     parts: tuple[Condition, ...]
 
     def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
-        # Every part is evaluated, holding or not: each may say when the whole may change.
-        holds, flip = True, None
+        # Every part is evaluated: each may say when the whole may change. A false part that cannot
+        # change without an event keeps the whole false until one comes: then no timer is needed.
+        holds, flip, stuck = True, None, False
         for part in self.parts:
             part_holds, part_flip = part.evaluate(features, now)
             holds = holds and part_holds
+            stuck = stuck or (not part_holds and part_flip is None)
             flip = _earliest(flip, part_flip)
-        return holds, flip
+        return holds, None if stuck else flip
 
     def numeric_features(self) -> set[str]:
         return set().union(*(p.numeric_features() for p in self.parts))
@@ -178,12 +180,13 @@ class AllOf:
 @dataclass(frozen=True)
 class AnyOf(AllOf):
     def evaluate(self, features: View, now: int) -> tuple[bool, int | None]:
-        holds, flip = False, None
+        holds, flip, stuck = False, None, False  # a true part that cannot change keeps the whole true
         for part in self.parts:
             part_holds, part_flip = part.evaluate(features, now)
             holds = holds or part_holds
+            stuck = stuck or (part_holds and part_flip is None)
             flip = _earliest(flip, part_flip)
-        return holds, flip
+        return holds, None if stuck else flip
 
 
 @dataclass(frozen=True)

@@ -156,20 +156,26 @@ class WindowSet:
         return into
 
     def result(self, activity: Activity, name: str, now: int) -> dict[str, float]:
-        """Every metric of window ``name`` at ``now``, in one pass over the panes."""
+        """Every metric of window ``name`` at ``now``, in one pass over each part of the activity."""
         spec = self.specs[name]
-        first, last = spec.first_pane(now), now // spec.slide_ms
-        totals = [0.0] * _SLOTS
-        for index, slots in activity.panes.get(spec.slide_ms, {}).items():
+        last = now // spec.slide_ms
+        first = last - spec.panes + 1
+        totals = [0] * _SLOTS
+        for index, pane in activity.panes.get(spec.slide_ms, {}).items():
             if first <= index <= last:
-                totals = [a + b for a, b in zip(totals, slots, strict=True)]
-        result: dict[str, float] = {f"count.{kind}": int(totals[i]) for kind, i in _TYPE_INDEX.items()}
+                totals = [a + b for a, b in zip(totals, pane, strict=True)]
+        start = first * spec.slide_ms
+        durations = [end - begin for begin, end in activity.sessions if start <= begin <= now]
+        result: dict[str, float] = {f"count.{kind}": totals[i] for kind, i in _TYPE_INDEX.items()}
         result.update(
-            events=int(totals[_EVENTS]),
+            events=totals[_EVENTS],
             cart_value=round(totals[_CART], 2),
             spend=round(totals[_SPEND], 2),
-            **{metric: self.value(activity, name, metric, now) for metric in (*_SEEN, "sessions", "session_minutes")},
+            sessions=len(durations),
+            session_minutes=round(sum(durations) / len(durations) / 60_000, 3) if durations else 0.0,
         )
+        for metric in _SEEN:
+            result[metric] = sum(1 for ts in getattr(activity, metric).values() if start <= ts <= now)
         return result
 
     def value(self, activity: Activity, name: str, metric: str, now: int) -> float:
