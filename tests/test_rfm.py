@@ -264,3 +264,14 @@ def test_refresh_catches_up_with_moves_the_tables_missed() -> None:
     assert (
         population.scores(keys[9]) == brute_scores(everyone, keys[9]) == {"recency": 2, "frequency": 2, "monetary": 2}
     )
+
+
+def test_a_population_that_never_counted_a_customer_stays_non_negative() -> None:
+    """After a restore (or on another worker) the population may not hold a customer's old buckets:
+    the move then only adds, and every count stays a count."""
+    elsewhere = Population()
+    key = elsewhere.move(None, Features(last_at={"purchase": 0}, orders=1, spend=10.0))
+    fresh = Population()
+    fresh.move(key, Features(last_at={"purchase": 86_400_000}, orders=2, spend=30.0))
+    assert fresh.buyers == 1
+    assert all(count > 0 for counter in fresh.counts for count in counter.values())

@@ -70,6 +70,8 @@ class Population:
         new = rfm_key(features)
         if new == old:
             return new
+        if old is not None and not all(c.get(b, 0) > 0 for c, b in zip(self.counts, old, strict=True)):
+            old = None  # counted by a population this one does not hold (another worker, before a restore)
         for key, step in ((old, -1), (new, 1)):
             if key is not None:
                 for counter, bucket in zip(self.counts, key, strict=True):

@@ -1,0 +1,38 @@
+"""Input streams shared by the engine tests: sample streams with disorder and late events."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from transforms.sample_stream import sample_lines
+
+DAY_MS = 86_400_000
+
+
+def disordered_lines(customers: int, seed: int, shuffle_within_ms: int, late: int = 5) -> list[str]:
+    """A sample stream whose events move out of order by less than ``shuffle_within_ms``, plus ``late``
+    repeats of mid-stream events under new ids, 3 days behind their customer's clock."""
+    rng = random.Random(seed)
+    keyed = []
+    for index, line in enumerate(sample_lines(customers, seed=seed)):
+        try:
+            ts = json.loads(line)["ts"]
+        except (ValueError, KeyError, TypeError):
+            ts = None
+        # dirty records (no usable ts) stay at their place in the stream
+        order = ts + rng.randrange(shuffle_within_ms) if isinstance(ts, int) else None
+        keyed.append((order, index, line))
+    last = 0
+    ordered = []
+    for order, index, line in keyed:
+        last = order if order is not None else last
+        ordered.append((last, index, line))
+    lines = [line for *_, line in sorted(ordered)]
+    for n in range(late):
+        record = json.loads(lines[len(lines) // 2 + n * 7])
+        if isinstance(record, dict) and isinstance(record.get("ts"), int):
+            record["event_id"] = f"late-{n}"
+            record["ts"] -= 3 * DAY_MS
+            lines.insert(len(lines) * 3 // 4, json.dumps(record))
+    return lines

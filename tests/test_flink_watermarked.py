@@ -1,0 +1,114 @@
+"""The engine-free steps of the Flink driver (pipelines/watermarked.py) against the core loop, with no
+Flink: a small simulated engine delivers watermarks late and at random points, as Flink's periodic
+watermarks do, and must still produce the core loop's changes, profiles and dead letters."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.core_engine import CoreEngine
+from pipelines.watermarked import (
+    CHANGE,
+    DEAD,
+    FINAL,
+    MIN_TS,
+    CustomerDriver,
+    Keyed,
+    ReadState,
+    ReadStep,
+    count_output,
+)
+from tests.conftest import make_spec, read_jsonl
+from tests.scenarios import disordered_lines
+
+
+def simulate(spec: Any, lines: list[str], rng: random.Random) -> tuple[list[Any], Counter]:
+    """Run the read step and the customer step the way the Flink job wires them, with watermarks
+    that follow the records at random distances; return the outputs and the counts."""
+    reader = ReadStep(
+        spec.cleaner(),
+        spec.source,
+        spec.now_ms,
+        spec.config.cleaning.max_record_bytes,
+        spec.config.stream.max_out_of_orderness_ms,
+    )
+    driver = CustomerDriver(spec.logic())
+    read, keyed, triggers, timers = ReadState(), {}, {}, []
+    outputs: list[Any] = []
+    engine_watermark, pending_watermark = MIN_TS, MIN_TS
+
+    def deliver(items: list[Any]) -> None:
+        for kind, value in items:
+            if kind != "event":
+                outputs.append((kind, value))
+                continue
+            old = CustomerDriver.trigger(keyed.get(value.key))
+            kept, out = driver.on_record(keyed.get(value.key), value)
+            outputs.extend(out)
+            if kept is not None:
+                keyed[value.key] = kept
+                schedule(value.key, old)
+
+    def schedule(key: str, old: int | None) -> None:
+        new = CustomerDriver.trigger(keyed[key])
+        if new != old and new is not None:
+            triggers[key] = new
+            heapq.heappush(timers, (new, key))
+        elif new is None:
+            triggers.pop(key, None)
+
+    def advance(watermark: int) -> None:
+        while timers and timers[0][0] <= watermark:
+            ts, key = heapq.heappop(timers)
+            if triggers.get(key) != ts:
+                continue  # deleted
+            del triggers[key]
+            outputs.extend(driver.on_watermark(keyed[key], watermark))
+            schedule(key, None)
+
+    for line in lines:
+        deliver(list(reader.read(read, line)))
+        if rng.random() < 0.05:  # the watermark generator emits what it had seen some records ago
+            advance(engine_watermark)
+            engine_watermark = max(engine_watermark, pending_watermark)
+            pending_watermark = reader.watermark(read)
+    deliver(list(reader.end(read, iter(keyed), spec.as_of)))
+    for value in keyed.values():
+        outputs.extend(driver.final(value))
+    counts: Counter = Counter()
+    for kind, value in outputs:
+        count_output(counts, kind, value)
+    return outputs, counts
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_keyed_steps_with_late_watermarks_equal_the_core_loop(seed: int, redis_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(disordered_lines(80, seed, shuffle_within_ms=8_000)) + "\n")
+    spec = make_spec(source, redis_url, tmp_path / "core")
+    CoreEngine(spec).run()
+    outputs, counts = simulate(spec, source.read_text().splitlines(), random.Random(seed))
+    changes = [value.to_dict() for kind, value in outputs if kind == CHANGE]
+    assert sorted(map(json.dumps, changes)) == sorted(map(json.dumps, read_jsonl(tmp_path / "core/changes.jsonl")))
+    finals = sorted(json.dumps(value) for kind, value in outputs if kind == FINAL)
+    assert finals == sorted(map(json.dumps, read_jsonl(tmp_path / "core/profiles.jsonl")))
+    dead = sorted(json.dumps(value.to_dict()) for kind, value in outputs if kind == DEAD)
+    assert dead == sorted(map(json.dumps, read_jsonl(tmp_path / "core/dead_letters.jsonl")))
+    assert counts[("dead_letter", "late")] > 0
+    assert counts[("customers",)] == len(finals)
+
+
+def test_a_customer_is_woken_only_after_the_core_loop_moved_past_its_latest_record() -> None:
+    keyed = Keyed(state=None, wake=100, tag=500)  # type: ignore[arg-type]
+    assert CustomerDriver.trigger(keyed) == 501
+    keyed.tag = 50
+    assert CustomerDriver.trigger(keyed) == 100
+    keyed.wake = None
+    assert CustomerDriver.trigger(keyed) is None
