@@ -380,6 +380,7 @@ def demo(
             summary_out or state_dir / "summary.json",
         ),
         now_ms=int(datetime.now(UTC).timestamp() * 1000),
+        redis_prefix=redis_prefix,
     )
     try:
         summary = execute(spec, engine)

@@ -237,15 +237,20 @@ def test_help_explains_every_option() -> None:
         assert option in result.output
 
 
-def test_demo_runs_with_the_embedded_redis(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        main, ["demo", "--customers", "40", "--state-dir", str(tmp_path / "state")], catch_exceptions=False
-    )
+def test_demo_runs_with_the_embedded_redis(tmp_path: Path, redis_url: str) -> None:
+    args = ["demo", "--customers", "40", "--state-dir", str(tmp_path / "state")]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for label in ("events in", "accepted", "duplicates", "dead letters", "customers", "events per second"):
         assert label in result.output
     summary = json.loads((tmp_path / "state" / "summary.json").read_text())
     assert balanced(summary) and summary["customers"] == 40
+    # On a given server, under a given prefix.
+    result = CliRunner().invoke(main, [*args, "--redis-url", redis_url, "--redis-prefix", "shop"])
+    assert result.exit_code == 0, result.output
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists("shop:run:summary") and client.xlen("shop:changes") > 0
+    assert not client.exists("segstream:run:summary")
 
 
 def test_import_converts_a_dataset_to_the_input_contract(tmp_path: Path) -> None:
