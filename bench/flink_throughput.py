@@ -12,6 +12,7 @@ Run from the repository root::
     python bench/flink_throughput.py                     # about 80,000 events: core, Flink
     python bench/flink_throughput.py --customers 20000 --beam
     python bench/flink_throughput.py --flink-conf parallelism.default=2
+    python bench/flink_throughput.py --flink-conf segstream.batch-size=1   # no batches
 """
 
 from __future__ import annotations

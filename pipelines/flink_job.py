@@ -6,7 +6,8 @@
 
 - **Read** (:class:`ReadFn`): a Java-side source reads text lines (a file, ``.gz`` decompressed; a
   directory watched for new files; a Kafka topic); one keyed reader numbers, decodes and cleans
-  them and tags each event with the core loop's watermark (:mod:`pipelines.watermarked`).
+  them and tags each event with the core loop's watermark (:mod:`pipelines.watermarked`). On a
+  bounded file it sends events in batches grouped by customer (``segstream.batch-size``).
   Watermarks: bounded out-of-orderness (``stream.max_out_of_orderness``).
 - **Customer step** (:class:`CustomerFn`): ValueState holds the customer's
   :class:`pipelines.watermarked.Keyed` value. On a live source an event-time timer wakes an idle
@@ -55,12 +56,14 @@ from pipelines.watermarked import (
     DEAD,
     FINAL,
     PROFILE,
+    Batch,
     Counts,
     CustomerDriver,
     Keyed,
     ReadState,
     ReadStep,
     Tagged,
+    batch_by_key,
     count_output,
     record_counts,
 )
@@ -69,6 +72,8 @@ MAX_WATERMARK = 2**63 - 1
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 TO_SINK = OutputTag("to-sink", PICKLED)  # the reader's dead letters and counts, straight to the sink
 FLUSH_EVERY_MS = 1_000
+# Events per batch the reader sends on a bounded input (a live source sends every event at once).
+BATCH_SIZE_KEY, BATCH_SIZE = "segstream.batch-size", 500
 JSON_SUFFIXES = tuple(s for s in FILE_SUFFIXES if s != ".avro")
 
 
@@ -97,10 +102,19 @@ def counts_key(prefix: str, run_id: str) -> str:
 
 
 class ReadFn(KeyedProcessFunction):
-    """Input lines in order (keyed by source: one reader) to tagged events; dead letters and counts to the sink."""
+    """Input lines in order (keyed by source: one reader) to tagged events; dead letters and counts to the sink.
 
-    def __init__(self, spec: JobSpec) -> None:
+    Events are sent in :class:`pipelines.watermarked.Batch` es: every ``batch_size`` events (and at
+    the end) the events read since the last batch go out grouped by customer, so the customer step
+    is called, writes its state and sends its outputs once per batch rather than once per event.
+    A checkpoint holds the events not sent yet: each line read since the last batch appends one
+    entry to a ListState (the reader's state after it, and its event), one state call per line;
+    the ValueState holds the reader's state as of the last batch.
+    """
+
+    def __init__(self, spec: JobSpec, batch_size: int = 1) -> None:
         self.spec = spec
+        self.batch_size = batch_size
 
     def open(self, runtime_context: RuntimeContext) -> None:
         config = self.spec.config
@@ -113,36 +127,68 @@ class ReadFn(KeyedProcessFunction):
         )
         self.state = runtime_context.get_state(ValueStateDescriptor("read", PICKLED))
         self.keys = runtime_context.get_map_state(MapStateDescriptor("customers", Types.STRING(), Types.BOOLEAN()))
+        self.unsent = runtime_context.get_list_state(ListStateDescriptor("unsent", PICKLED))
         self.known: set[str] = set()
         self.read: ReadState | None = None  # the one key's state as an object (only written back)
+        self.pending: list[Tagged] = []  # the ListState's events as objects (only read on a restore)
 
-    def process_element(self, line: str, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+    def _resume(self) -> ReadState:
         if self.read is None:
             stored = self.state.value()
-            if stored is None:
-                ctx.timer_service().register_event_time_timer(MAX_WATERMARK)  # the end of a bounded input
+            entries = list(self.unsent.get() or [])
+            if entries:
+                stored = entries[-1][0]
             self.read = ReadState.from_tuple(stored)
-        state = self.read
+            self.pending = [event for _, event in entries if event is not None]
+        return self.read
+
+    def process_element(self, line: str, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        if self.read is None and self.state.value() is None:
+            ctx.timer_service().register_event_time_timer(MAX_WATERMARK)  # the end of a bounded input
+        state = self._resume()
+        to_sink = []
+        event = None
         for kind, value in self.step.read(state, line):
             if kind != "event":
-                yield TO_SINK, (kind, value)
+                to_sink.append((kind, value))
                 continue
             if value.key not in self.known:
                 self.known.add(value.key)
                 self.keys.put(value.key, True)
-            yield value
-        self.state.update(state.to_tuple())
+            self.pending.append(value)
+            event = value
+        if to_sink:
+            yield TO_SINK, to_sink
+        if len(self.pending) >= self.batch_size:
+            yield from self._send(state)
+        elif self.batch_size > 1:
+            self.unsent.add((state.to_tuple(), event))
+        else:
+            self.state.update(state.to_tuple())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        state = self.read or ReadState.from_tuple(self.state.value())
+        state = self._resume()
+        to_sink = []
         for kind, value in self.step.end(state, iter(self.keys.keys()), self.spec.as_of):
-            yield value if kind == "event" else (TO_SINK, (kind, value))
+            if kind == "event":
+                self.pending.append(value)
+            else:
+                to_sink.append((kind, value))
+        if to_sink:
+            yield TO_SINK, to_sink
+        yield from self._send(state)
+
+    def _send(self, state: ReadState) -> Iterator[Batch]:
+        records, self.pending = self.pending, []
         self.state.update(state.to_tuple())
+        if self.batch_size > 1:
+            self.unsent.clear()  # with batches of 1 every event is sent at once, never stored
+        yield from batch_by_key(records, self.step.watermark(state), self.step.out_of_order_ms)
 
 
 class EventTime(TimestampAssigner):
-    def extract_timestamp(self, value: Tagged, record_timestamp: int) -> int:
-        return value.event.ts if value.event is not None else value.tag  # an end marker never moves time on
+    def extract_timestamp(self, value: Batch, record_timestamp: int) -> int:
+        return value.ts  # the watermark it yields never passes a later record's tag (see batch_by_key)
 
 
 class CustomerFn(KeyedProcessFunction):
@@ -153,7 +199,9 @@ class CustomerFn(KeyedProcessFunction):
     :class:`pipelines.watermarked.Keyed` value; customers in use are also kept as objects (up to
     ``cache_size``), so a step does not read them back (the state is what a checkpoint holds); a
     timer is set when the next wake moves and never deleted (an outdated one is ignored when it
-    fires); a touched profile is rendered by one processing-time timer at the next full second.
+    fires); touched profiles are rendered together by one processing-time timer (on whichever
+    customer was current) at the next full second; the customers come in batches
+    (:class:`ReadFn`), so a batch costs one call, one state write and one output.
     """
 
     def __init__(self, spec: JobSpec, live: bool, cache_size: int = 50_000) -> None:
@@ -165,35 +213,43 @@ class CustomerFn(KeyedProcessFunction):
         self.driver = CustomerDriver(self.spec.logic())
         self.value = runtime_context.get_state(ValueStateDescriptor("customer", PICKLED))
         self.cache: dict[str, Keyed] = {}
-        self.rendering: set[str] = set()  # customers with a render timer set in this attempt
+        self.rendering: dict[str, Keyed] = {}  # touched customers, rendered together by one timer
+        self.render_timer = False  # whether that timer is set in this attempt
 
-    def process_element(self, record: Tagged, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        keyed = self._load(record.key)
+    def process_element(self, batch: Batch, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        keyed = self._load(batch.key)
         before = CustomerDriver.trigger(keyed)
-        keyed, out = self.driver.on_record(keyed, record)
+        keyed, out = self.driver.on_records(keyed, batch.records)
         if keyed is not None:
-            self._keep(record.key, keyed, before, ctx)
-            if record.event is None:
+            self._keep(batch.key, keyed, before, ctx)
+            if batch.records[-1].event is None:  # the end marker comes last
                 ctx.timer_service().register_event_time_timer(MAX_WATERMARK)  # then the final profile
-        yield from out
+        if out:
+            yield out
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self.render_timer = False
+            rendering, self.rendering = self.rendering, {}
+            # touched is not stored: after a restore a profile may be sent once more
+            out = [self.driver.profile(keyed) for keyed in rendering.values() if keyed.touched]
+            if out:
+                yield out
+            return
         key = ctx.get_current_key()
         keyed = self._load(key)
         if keyed is None:
             return
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            self.rendering.discard(key)
-            if keyed.touched:  # not stored: after a restore the profile is sent once more
-                yield self.driver.profile(keyed)
-        elif timestamp == MAX_WATERMARK:  # every customer of this worker reached the end
+        if timestamp == MAX_WATERMARK:  # every customer of this worker reached the end
+            self.rendering.pop(key, None)
             self.cache.pop(key, None)
             self.value.clear()
-            yield from self.driver.final(keyed)
+            yield self.driver.final(keyed)
         elif timestamp == CustomerDriver.trigger(keyed):
             out = self.driver.on_watermark(keyed, ctx.timer_service().current_watermark())
             self._keep(key, keyed, None, ctx)
-            yield from out
+            if out:
+                yield out
 
     def _load(self, key: str) -> Keyed | None:
         keyed = self.cache.pop(key, None)
@@ -212,9 +268,11 @@ class CustomerFn(KeyedProcessFunction):
         after = CustomerDriver.trigger(keyed)
         if self.live and after is not None and after != before:
             ctx.timer_service().register_event_time_timer(after)
-        if keyed.touched and key not in self.rendering:
-            self.rendering.add(key)
-            _at_next_flush(ctx)
+        if keyed.touched:
+            self.rendering[key] = keyed
+            if not self.render_timer:
+                self.render_timer = True
+                _at_next_flush(ctx)
 
 
 class SinkFn(KeyedProcessFunction):
@@ -238,11 +296,11 @@ class SinkFn(KeyedProcessFunction):
         for writer in self.files.values():
             writer.close()
 
-    def process_element(self, item: tuple[str, Any], ctx: KeyedProcessFunction.Context) -> None:
+    def process_element(self, items: list[tuple[str, Any]], ctx: KeyedProcessFunction.Context) -> None:
         if self.redis is None:
             self._resume(ctx)
-        self.buffer.add(item)
-        self.items.append(item)
+        self.buffer.add_all(items)
+        self.items.extend(items)
         if len(self.items) >= self.batch_size:
             self._flush()
 
@@ -342,10 +400,11 @@ def build(env: StreamExecutionEnvironment, spec: JobSpec, run_id: str) -> None:
     source (a directory, Kafka) gets watermarks and timers, so idle customers' rules fire on time.
     """
     live = is_live(spec.source)
+    batch_size = 1 if live else int(dict(spec.engine_conf).get(BATCH_SIZE_KEY, BATCH_SIZE))
     read = (
         read_lines(env, spec.source)
         .key_by(lambda _: 0, Types.INT())
-        .process(ReadFn(spec), PICKLED)
+        .process(ReadFn(spec, batch_size), PICKLED)
         .name("read")
         .uid("read")
         .set_parallelism(1)

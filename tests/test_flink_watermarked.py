@@ -23,15 +23,18 @@ from pipelines.watermarked import (
     Keyed,
     ReadState,
     ReadStep,
+    batch_by_key,
     count_output,
 )
 from tests.conftest import make_spec, read_jsonl
 from tests.scenarios import disordered_lines
 
 
-def simulate(spec: Any, lines: list[str], rng: random.Random) -> tuple[list[Any], Counter]:
+def simulate(spec: Any, lines: list[str], rng: random.Random, batch_size: int = 0) -> tuple[list[Any], Counter]:
     """Run the read step and the customer step the way the Flink job wires them, with watermarks
-    that follow the records at random distances; return the outputs and the counts."""
+    that follow the records at random distances; return the outputs and the counts. With a
+    ``batch_size``, events go to the customer step in batches (:func:`batch_by_key`) and the
+    engine's watermark is derived from the batches' timestamps at random points between them."""
     reader = ReadStep(
         spec.cleaner(),
         spec.source,
@@ -73,13 +76,42 @@ def simulate(spec: Any, lines: list[str], rng: random.Random) -> tuple[list[Any]
             outputs.extend(driver.on_watermark(keyed[key], watermark))
             schedule(key, None)
 
+    out_of_order = spec.config.stream.max_out_of_orderness_ms
+    unsent: list[Any] = []
+    largest_ts = MIN_TS
+
+    def send() -> None:
+        nonlocal largest_ts
+        for batch in batch_by_key(unsent, reader.watermark(read), out_of_order):
+            old = CustomerDriver.trigger(keyed.get(batch.key))
+            kept, out = driver.on_records(keyed.get(batch.key), batch.records)
+            outputs.extend(out)
+            if kept is not None:
+                keyed[batch.key] = kept
+                schedule(batch.key, old)
+            largest_ts = max(largest_ts, batch.ts)
+            if rng.random() < 0.3:  # Flink's bounded out-of-orderness generator
+                advance(largest_ts - out_of_order - 1)
+        unsent.clear()
+
     for line in lines:
-        deliver(list(reader.read(read, line)))
+        items = list(reader.read(read, line))
+        if batch_size:
+            outputs.extend(item for item in items if item[0] != "event")
+            unsent.extend(value for kind, value in items if kind == "event")
+            if len(unsent) >= batch_size:
+                send()
+            continue
+        deliver(items)
         if rng.random() < 0.05:  # the watermark generator emits what it had seen some records ago
             advance(engine_watermark)
             engine_watermark = max(engine_watermark, pending_watermark)
             pending_watermark = reader.watermark(read)
-    deliver(list(reader.end(read, iter(keyed), spec.as_of)))
+    if batch_size:
+        unsent.extend(value for kind, value in reader.end(read, iter(keyed), spec.as_of) if kind == "event")
+        send()
+    else:
+        deliver(list(reader.end(read, iter(keyed), spec.as_of)))
     for value in keyed.values():
         outputs.extend(driver.final(value))
     counts: Counter = Counter()
@@ -88,13 +120,15 @@ def simulate(spec: Any, lines: list[str], rng: random.Random) -> tuple[list[Any]
     return outputs, counts
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_keyed_steps_with_late_watermarks_equal_the_core_loop(seed: int, redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("seed", "batch_size"), [(1, 0), (2, 0), (3, 0), (1, 1), (2, 7), (3, 500)])
+def test_the_keyed_steps_with_late_watermarks_equal_the_core_loop(
+    seed: int, batch_size: int, redis_url: str, tmp_path: Path
+) -> None:
     source = tmp_path / "events.jsonl"
     source.write_text("\n".join(disordered_lines(80, seed, shuffle_within_ms=8_000)) + "\n")
     spec = make_spec(source, redis_url, tmp_path / "core")
     CoreEngine(spec).run()
-    outputs, counts = simulate(spec, source.read_text().splitlines(), random.Random(seed))
+    outputs, counts = simulate(spec, source.read_text().splitlines(), random.Random(seed), batch_size)
     changes = [value.to_dict() for kind, value in outputs if kind == CHANGE]
     assert sorted(map(json.dumps, changes)) == sorted(map(json.dumps, read_jsonl(tmp_path / "core/changes.jsonl")))
     finals = sorted(json.dumps(value) for kind, value in outputs if kind == FINAL)
