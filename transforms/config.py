@@ -23,7 +23,7 @@ from transforms.customer import CustomerLogic, StreamConfig
 from transforms.engagement import DEFAULT_WEIGHTS, EngagementConfig
 from transforms.events import EVENT_TYPES
 from transforms.profile import DEFAULT_WINDOWS, ProfileConfig, ProfileModel
-from transforms.rules import RuleError, RuleSet, parse_duration, parse_rules
+from transforms.rules import RuleError, RuleSet, duration_setting, parse_rules
 from transforms.subscribers import WebhookConfigError, WebhooksConfig, parse_webhooks
 from transforms.windows import WindowSpec
 
@@ -65,10 +65,8 @@ def _section(document: Mapping[str, object], name: str, allowed: set[str]) -> Ma
 
 
 def _duration(section: Mapping[str, object], key: str, where: str, default: int) -> int:
-    if key not in section:
-        return default
     try:
-        return parse_duration(section[key])
+        return duration_setting(section, key, default)
     except ValueError as error:
         raise ConfigError(f"config: {where}.{key}: {error}") from None
 

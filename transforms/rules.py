@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -49,6 +49,7 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "!=": operator.ne,
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+D = TypeVar("D", int, None)  # what a setting defaults to when absent
 
 
 class RuleError(ValueError):
@@ -252,11 +253,18 @@ def _parse_condition(spec: object, where: str, kinds: Kinds) -> Condition:
     raise ValueError(f"{where}: cannot read condition with keys {sorted(keys)}")
 
 
+def duration_setting(settings: Mapping[str, object], key: str, default: D) -> int | D:
+    """``settings[key]`` as milliseconds, ``default`` when absent; ValueError for a bad duration.
+
+    >>> duration_setting({"gap": "30m"}, "gap", None), duration_setting({}, "gap", 5)
+    (1800000, 5)
+    """
+    return parse_duration(settings[key]) if key in settings else default
+
+
 def _bound(spec: Mapping[str, object], key: str, where: str) -> int | None:
-    if key not in spec:
-        return None
     try:
-        return parse_duration(spec[key])
+        return duration_setting(spec, key, None)
     except ValueError as error:
         raise ValueError(f"{where}: {key}: {error}") from None
 

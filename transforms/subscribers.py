@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from transforms.backoff import Backoff
 from transforms.delivery_policy import CircuitBreaker, RateLimit, RetryPolicy
-from transforms.rules import parse_duration
+from transforms.rules import duration_setting
 
 SECRET_PREFIX = "whsec_"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -95,10 +95,8 @@ def _check_url(url: object, where: str) -> str:
 
 
 def _duration(settings: Mapping[str, object], key: str, where: str, default: int) -> int:
-    if key not in settings:
-        return default
     try:
-        return parse_duration(settings[key])
+        return duration_setting(settings, key, default)
     except ValueError as error:
         raise WebhookConfigError(f"{where}.{key}: {error}") from None
 
