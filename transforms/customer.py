@@ -182,6 +182,30 @@ class CustomerLogic:
             step.wake = None
         return step
 
+    def absorb(self, into: CustomerState, other: CustomerState) -> Step:
+        """An identity merge: customer ``other`` becomes part of ``into``.
+
+        ``other`` exits its segments; its profile, identifiers and recent event ids fold into
+        ``into``'s (features as if every event had carried ``into``'s id), whose clock becomes the
+        later of the two; then every segment of ``into`` is evaluated again. Each change has reason
+        ``merge``. The engine moves ``other``'s pending events to ``into`` and drops ``other``.
+        """
+        step = Step(touched=True)
+        now = max((c for c in (into.clock, other.clock) if c is not None), default=None)
+        if now is not None:
+            other.segment_wakes.clear()
+            self._evaluate(other, now, from_timer=False, step=step, kinds=(), reason="merge", leave=True)
+        self.model.merge(into.profile, other.profile)
+        for kind, values in other.identifiers.items():
+            for value in values:
+                self._remember(into, kind, value)
+        seen = other.recent_event_ids | into.recent_event_ids
+        into.recent_event_ids = dict(sorted(seen.items(), key=lambda item: item[1]))
+        into.clock = now
+        if now is not None:
+            self._evaluate(into, now, from_timer=False, step=step, reason="merge")
+        return step
+
     def advance(self, state: CustomerState, pending: list[Event], to_ts: int) -> Step:
         """Apply pending events and rule timers up to ``to_ts`` in event-time order."""
         step = Step()
@@ -236,12 +260,22 @@ class CustomerLogic:
             self._evaluate(state, state.rule_wake, from_timer=True, step=step, kinds=())
 
     def _evaluate(
-        self, state: CustomerState, now: int, from_timer: bool, step: Step, kinds: Iterable[str] | None = None
+        self,
+        state: CustomerState,
+        now: int,
+        from_timer: bool,
+        step: Step,
+        kinds: Iterable[str] | None = None,
+        reason: str | None = None,
+        leave: bool = False,
     ) -> None:
         """Evaluate the segments that may have changed at ``now``: those whose timer is due and
-        those the applied event types (``kinds``) affect; every segment when ``kinds`` is None."""
+        those the applied event types (``kinds``) affect; every segment when ``kinds`` is None.
+        ``reason`` overrides the changes' reason; ``leave`` exits every segment."""
         wakes = state.segment_wakes
-        if kinds is None:
+        if leave:
+            names = set(state.segments)
+        elif kinds is None:
             names = set(self.rules.segments) | set(state.segments)
         else:
             names = {name for name, at in wakes.items() if at <= now}
@@ -249,7 +283,7 @@ class CustomerLogic:
                 names |= self.affected[kind]
         view = self.model.view(state.profile, now)
         for segment in sorted(names):
-            condition = self.rules.segments.get(segment)
+            condition = None if leave else self.rules.segments.get(segment)
             holds, flip = condition.evaluate(view, now) if condition is not None else (False, None)
             if flip is not None and flip > now:
                 wakes[segment] = flip
@@ -259,7 +293,7 @@ class CustomerLogic:
                 continue
             entered = holds
             kind = "entered" if entered else "exited"
-            reason = "expiry" if from_timer and not entered else "rule"
+            why = reason or ("expiry" if from_timer and not entered else "rule")
             state.seq += 1
             step.changes.append(
                 SegmentChange(
@@ -269,7 +303,7 @@ class CustomerLogic:
                     change=kind,
                     seq=state.seq,
                     event_time=now,
-                    reason=reason,
+                    reason=why,
                     rules_version=self.rules.version,
                     scores=self.rules.decided_by(segment, view),
                 )
@@ -283,9 +317,13 @@ class CustomerLogic:
 
     def _remember_identifiers(self, state: CustomerState, event: Event) -> None:
         for kind, value in event.identifiers():
-            known = state.identifiers.setdefault(kind, [])
-            if value not in known and len(known) < MAX_IDENTIFIERS_PER_KIND:
-                known.append(value)
+            self._remember(state, kind, value)
+
+    @staticmethod
+    def _remember(state: CustomerState, kind: str, value: str) -> None:
+        known = state.identifiers.setdefault(kind, [])
+        if value not in known and len(known) < MAX_IDENTIFIERS_PER_KIND:
+            known.append(value)
 
     def _expire(self, state: CustomerState, previous: int | None) -> None:
         """Drop event ids past the dedup horizon and window data no window can see again (checked

@@ -10,7 +10,7 @@ CLICKSTREAM_TYPES = frozenset(
 )
 TRANSACTION_TYPES = frozenset({"purchase", "refund"})
 EVENT_TYPES = CLICKSTREAM_TYPES | TRANSACTION_TYPES
-IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "email")
+IDENTIFIER_FIELDS = ("user_id", "email", "device_id", "anonymous_id")  # in canonical priority order
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class Event:
     anonymous_id: str | None = None
     user_id: str | None = None
     email: str | None = None
+    device_id: str | None = None  # a device's own id, when the app sends one; links like the others
     session_id: str | None = None
     product_id: str | None = None
     category: str | None = None

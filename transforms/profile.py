@@ -129,6 +129,17 @@ class ProfileModel:
         if event.type in ("purchase", "refund"):
             state.rfm = self.population.move(state.rfm, state.features)
 
+    def merge(self, into: ProfileState, other: ProfileState) -> ProfileState:
+        """Fold ``other`` (an absorbed customer's profile) into ``into``: the result equals one
+        profile fed both customers' events; ``other`` leaves the RFM population."""
+        self.population.move(other.rfm, Features())
+        other.rfm = None
+        into.features.merge(other.features)
+        self.windows.merge(into.activity, other.activity)
+        self.engagement.merge(into.points, other.points)
+        into.rfm = self.population.move(into.rfm, into.features)
+        return into
+
     def view(self, state: ProfileState, now: int) -> FeatureView:
         return FeatureView(self, state, now)
 
