@@ -7,6 +7,12 @@ A customer with no pending event and no timer (nothing can change until their ne
 dormant: their state moves to the customer store on disk (SQLite, see
 :mod:`pipelines.customer_store`), so memory holds only customers still active within their windows,
 however many customers the stream brings. At the end every customer goes to the store.
+
+With identity stitching on (``identity.stitch``), the identity graph resolves each event's
+identifiers to a canonical customer id before it is admitted; when an event links customers, the
+absorbed ones are folded into the survivor (:meth:`transforms.customer.CustomerLogic.absorb`) with
+their pending events, and an :class:`transforms.changes.IdentityMerge` record is emitted. The
+graph is kept with the customers (``--resume``).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputSink
 from pipelines.sources import read_records
+from transforms.changes import IdentityMerge
 from transforms.customer import CustomerState, Snapshot, Step
 from transforms.dead_letters import DeadLetter
 from transforms.events import Event
+from transforms.identity import IdentityGraph
 
 
 class CoreEngine:
@@ -36,15 +44,21 @@ class CoreEngine:
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
         self.timers: list[tuple[int, str]] = []
+        identity = spec.config.identity
+        self.graph = IdentityGraph(identity) if identity is not None else None
 
     def run(self) -> None:
         with customer_store(self.spec.state_file) as store:
             self.store = store
             restore_shared(store, self.logic)
+            if self.graph is not None:
+                self.graph = store.get_shared("identity") or self.graph
             reevaluate_on_new_rules(store, self.logic, self._emit_changes)
             for key, wake in store.wakes():  # timers of customers from an earlier run
                 self._set_timer(key, wake)
             self._replay()
+            if self.graph is not None:
+                store.put_shared("identity", self.graph)
             save_shared(store, self.logic)
         self.sink.close()
 
@@ -86,13 +100,50 @@ class CoreEngine:
             self.sink.final_profile(snapshot.state)
             METRICS.customers.inc()
 
+    def _route(self, event: Event) -> str:
+        """The customer an event belongs to; merges the customers it links (identity stitching)."""
+        if self.graph is None:
+            return event.customer_key
+        resolution = self.graph.resolve(event.identifiers(), event.ts)
+        for reason, _ in resolution.refused:
+            METRICS.identity_refused.labels(reason).inc()
+        key = resolution.customer_id
+        absorbed = [other for other in resolution.absorbed if self._absorb(key, other)]
+        if absorbed:
+            self.sink.merge(IdentityMerge.of(key, absorbed, event.event_id, event.ts))
+        return key
+
+    def _absorb(self, key: str, other: str) -> bool:
+        """Fold customer ``other`` into ``key`` (False: ``other`` never had state, nothing to move)."""
+        absorbed = self.states.get(other) or self._wake_up(other)
+        if absorbed is None:
+            return False
+        state = self.states.get(key) or self._wake_up(key)
+        if state is None:
+            state = self.states[key] = self.logic.new_state(key)
+        step = self.logic.absorb(state, absorbed)
+        del self.states[other]
+        self.wakes.pop(other, None)  # its heap entries are now ignored
+        pending = self.pending.pop(key, []) + self.pending.pop(other, [])
+        if pending:
+            self.pending[key] = pending
+        wakes = [e.ts for e in pending] + [w for w in (self.logic.next_wake(state),) if w is not None]
+        if wakes and (key not in self.wakes or min(wakes) < self.wakes[key]):
+            self._set_timer(key, min(wakes))
+        METRICS.identity_merges.inc()
+        self._emit_changes(step)
+        self.sink.profile(state)
+        return True
+
     def _admit(self, event: Event) -> None:
-        key = event.customer_key
+        key = self._route(event)
         state = self.states.get(key)
         if state is None:
             state = self._wake_up(key)
         late, timer = self.logic.admit(state.clock if state else None, self.wakes.get(key), event)
         if late:
+            if state is not None and self.graph is not None:  # the graph linked them all the same
+                self.logic.remember_identifiers(state, event)
             self._dead_letter(self.logic.late_letter(event))
             return
         if state is None:

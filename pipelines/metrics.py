@@ -60,6 +60,16 @@ class JobMetrics:
             ["subscriber", "outcome"],
             registry=self.registry,
         )
+        self.identity_merges = Counter(
+            "segstream_identity_merges", "Customers absorbed into another by identity stitching", registry=self.registry
+        )
+        self.identity_refused = Counter(
+            "segstream_identity_refused_links",
+            "Links identity stitching refused, by reason: shared (an identifier of several people), "
+            "user_conflict (two user ids), cap (a customer with too many identifiers)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.live = False
 
     def record_step(self, step: Step) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipelines.redis_store import RedisSink, shared_client
-from transforms.changes import SegmentChange
+from transforms.changes import IdentityMerge, SegmentChange
 from transforms.customer import CustomerState
 from transforms.dead_letters import DeadLetter
 
@@ -73,6 +73,7 @@ class OutputSink:
         self._changes: list[SegmentChange] = []
         self._touched: dict[str, CustomerState] = {}
         self._dead: list[DeadLetter] = []
+        self._merges: list[IdentityMerge] = []
 
     def change(self, change: SegmentChange) -> None:
         self._changes.append(change)
@@ -88,22 +89,31 @@ class OutputSink:
         self.profile(state)
         self.profile_file.write(self.render(state))
 
+    def merge(self, merge: IdentityMerge) -> None:
+        """An identity merge: to the change stream and file; the absorbed profiles become aliases."""
+        for absorbed in merge.absorbed:
+            self._touched.pop(absorbed, None)
+        self._merges.append(merge)
+        self.change_file.write({"kind": "identity_merge", **merge.to_dict()})
+        self._maybe_flush()
+
     def dead_letter(self, letter: DeadLetter) -> None:
         self._dead.append(letter)
         self.dead_letter_file.write(letter.to_dict())
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if len(self._changes) + len(self._touched) + len(self._dead) >= self.batch_size:
+        if len(self._changes) + len(self._touched) + len(self._dead) + len(self._merges) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        if self._changes or self._touched or self._dead:
+        if self._changes or self._touched or self._dead or self._merges:
             profiles = [self.render(state) for state in self._touched.values()]
-            self.redis.write(self._changes, profiles, self._dead)
+            self.redis.write(self._changes, profiles, self._dead, merges=self._merges)
             self._changes.clear()
             self._touched.clear()
             self._dead.clear()
+            self._merges.clear()
         for writer in (self.change_file, self.dead_letter_file, self.profile_file):
             writer.flush()
 

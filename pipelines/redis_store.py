@@ -40,7 +40,7 @@ import redis
 
 from pipelines.delivery_queue import load_routes, queue_key
 from transforms.backoff import Backoff
-from transforms.changes import SegmentChange
+from transforms.changes import IdentityMerge, SegmentChange
 from transforms.dead_letters import DeadLetter
 
 LOG = logging.getLogger("segstream")
@@ -53,12 +53,31 @@ T = TypeVar("T")
 _PROFILE_SCRIPT = """
 local seq = tonumber(ARGV[1])
 local as_of = tonumber(ARGV[2])
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'as_of')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'as_of', 'merged_into')
+if cur[3] then return 0 end
 local cur_seq = tonumber(cur[1] or '-1')
 local cur_as_of = tonumber(cur[2] or '-1')
 if seq < cur_seq or (seq == cur_seq and as_of < cur_as_of) then return 0 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'as_of', ARGV[2], 'profile', ARGV[3])
+for i = 5, #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[4])
+end
 return 1
+"""
+
+# An identity merge: each absorbed profile becomes an alias of the survivor (its change_seq stays,
+# so replayed changes stay guarded); the record goes to the change stream once.
+_MERGE_SCRIPT = """
+local new = 0
+for i = 2, #KEYS do
+  if redis.call('HGET', KEYS[i], 'merged_into') ~= ARGV[2] then new = 1 end
+  redis.call('HSET', KEYS[i], 'merged_into', ARGV[2])
+  redis.call('HDEL', KEYS[i], 'profile')
+end
+if new == 1 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'merge_id', ARGV[1], 'merge', ARGV[3])
+end
+return new
 """
 
 _CHANGE_SCRIPT = """
@@ -84,6 +103,10 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'reason', ARGV[1], 'dead_letter', ARGV[2])
 return 1
 """
+
+
+def _identifier_fields(profile: dict[str, Any]) -> list[str]:
+    return [f"{kind}:{value}" for kind, values in profile.get("identifiers", {}).items() for value in values]
 
 
 class RedisUnavailable(Exception):
@@ -189,6 +212,7 @@ class RedisSink:
         self._profile = client.register_script(_PROFILE_SCRIPT)
         self._change = client.register_script(_CHANGE_SCRIPT)
         self._dead_letter = client.register_script(_DEAD_LETTER_SCRIPT)
+        self._merge = client.register_script(_MERGE_SCRIPT)
         self.routes = retrying(lambda _: load_routes(client, prefix), "read the webhook subscribers")
 
     def profile_key(self, customer_id: str) -> str:
@@ -201,14 +225,20 @@ class RedisSink:
     def changes_key(self) -> str:
         return f"{self.prefix}:changes"
 
+    @property
+    def identifiers_key(self) -> str:
+        """Hash ``kind:value`` -> customer id: who an identifier belongs to now."""
+        return f"{self.prefix}:identifiers"
+
     def write(
         self,
         changes: Iterable[SegmentChange],
         profiles: Iterable[dict[str, Any]],
         dead_letters: Iterable[DeadLetter] = (),
         acks: Iterable[tuple[str, str, str]] = (),
+        merges: Iterable[IdentityMerge] = (),
     ) -> None:
-        """Apply ``changes`` (in order), ``profiles`` and ``dead_letters``, then acknowledge ``acks``
+        """Apply ``changes`` (in order), ``profiles``, ``dead_letters`` and ``merges``, then acknowledge ``acks``
         (``(stream, group, entry id)``: their effects are written first), in one transaction.
         Blocks while Redis is away (see the module's docstring)."""
         change_calls = [
@@ -231,7 +261,18 @@ class RedisSink:
             for change in changes
         ]
         profile_calls = [
-            ([self.profile_key(p["customer_id"])], [p["seq"], p["as_of"] or 0, json.dumps(p)]) for p in profiles
+            (
+                [self.profile_key(p["customer_id"]), self.identifiers_key],
+                [p["seq"], p["as_of"] or 0, json.dumps(p), p["customer_id"], *_identifier_fields(p)],
+            )
+            for p in profiles
+        ]
+        merge_calls = [
+            (
+                [self.changes_key, *(self.profile_key(absorbed) for absorbed in m.absorbed)],
+                [m.merge_id, m.customer_id, json.dumps(m.to_dict()), self.stream_maxlen],
+            )
+            for m in merges
         ]
         letters = [
             (
@@ -241,7 +282,7 @@ class RedisSink:
             for d in dead_letters
         ]
         acks = list(acks)
-        if not (change_calls or profile_calls or letters or acks):
+        if not (change_calls or profile_calls or letters or acks or merge_calls):
             return
 
         def attempt(_: int) -> None:
@@ -252,6 +293,8 @@ class RedisSink:
                 self._profile(keys=keys, args=args, client=pipe)
             for keys, args in letters:
                 self._dead_letter(keys=keys, args=args, client=pipe)
+            for keys, args in merge_calls:
+                self._merge(keys=keys, args=args, client=pipe)
             for stream, group, entry_id in acks:
                 pipe.xack(stream, group, entry_id)
             pipe.execute()

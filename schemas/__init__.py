@@ -1,7 +1,7 @@
 """Avro schemas of every record that crosses a boundary.
 
 >>> sorted(SCHEMA_NAMES)
-['ClickstreamEvent', 'DeadLetter', 'RunSummary', 'SegmentChange', 'Transaction']
+['ClickstreamEvent', 'DeadLetter', 'IdentityMerge', 'RunSummary', 'SegmentChange', 'Transaction']
 >>> load_schema("SegmentChange")["name"]
 'segstream.SegmentChange'
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import fastavro
 
-SCHEMA_NAMES = ("ClickstreamEvent", "Transaction", "DeadLetter", "SegmentChange", "RunSummary")
+SCHEMA_NAMES = ("ClickstreamEvent", "Transaction", "DeadLetter", "SegmentChange", "IdentityMerge", "RunSummary")
 
 
 @cache

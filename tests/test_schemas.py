@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pipelines.job import clean_record
 from pipelines.sources import RawRecord, SourceError, check_source, read_records
 from schemas import SCHEMA_NAMES, load_schema
-from transforms.changes import SegmentChange
+from transforms.changes import IdentityMerge, SegmentChange
 from transforms.cleaning import DAY_MS, Cleaner, CleaningConfig
 from transforms.customer import CustomerLogic, StreamConfig
 from transforms.dead_letters import DeadLetter, Reason
@@ -96,12 +96,22 @@ RUN_SUMMARIES = st.fixed_dictionaries(
         "rules_version": TEXT,
     }
 )
+IDENTITY_MERGES = st.fixed_dictionaries(
+    {
+        "merge_id": TEXT,
+        "customer_id": TEXT,
+        "absorbed": st.lists(TEXT, max_size=4),
+        "event_id": TEXT,
+        "event_time": LONGS,
+    }
+)
 INPUT_COMMON = {
     "event_id": TEXT,
     "ts": TEXT | LONGS,
     "anonymous_id": optional(TEXT),
     "user_id": optional(TEXT),
     "email": optional(TEXT),
+    "device_id": optional(TEXT),
     "session_id": optional(TEXT),
     "product_id": optional(TEXT),
     "category": optional(TEXT),
@@ -134,6 +144,7 @@ STRATEGIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "RunSummary": RUN_SUMMARIES,
     "ClickstreamEvent": CLICKSTREAM_EVENTS,
     "Transaction": TRANSACTIONS,
+    "IdentityMerge": IDENTITY_MERGES,
 }
 
 
@@ -159,6 +170,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "event_id": None,
         "event_time": None,
     },
+    "IdentityMerge": {"merge_id": "m", "customer_id": "user:u1", "absorbed": [], "event_id": "e1", "event_time": 0},
     "RunSummary": {
         "events_in": 0,
         "accepted": 0,
@@ -306,6 +318,11 @@ REJECTED = [
     {"event_id": "e", "type": "purchase", "ts": TS_MS, "user_id": "u", "order_id": "o", "amount": 1, "currency": "X"},
     {"event_id": "e", "type": "page_view", "ts": TS_MS, "user_id": "u", "quantity": 0, "extra": {"a": [1, None]}},
 ]
+
+
+def test_identity_merges_from_the_core_validate() -> None:
+    merge = IdentityMerge.of("user:u1", ["anon:a", "email:h"], "e9", TS_MS)
+    assert validate(merge.to_dict(), load_schema("IdentityMerge"), raise_errors=True)
 
 
 def test_dead_letters_from_cleaning_validate() -> None:

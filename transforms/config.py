@@ -22,6 +22,7 @@ from transforms.cleaning import CleaningConfig
 from transforms.customer import CustomerLogic, StreamConfig
 from transforms.engagement import DEFAULT_WEIGHTS, EngagementConfig
 from transforms.events import EVENT_TYPES
+from transforms.identity import IdentityConfig
 from transforms.profile import DEFAULT_WINDOWS, ProfileConfig, ProfileModel
 from transforms.rules import RuleError, RuleSet, duration_setting, parse_rules
 from transforms.subscribers import WebhookConfigError, WebhooksConfig, parse_webhooks
@@ -29,7 +30,19 @@ from transforms.windows import WindowSpec
 
 DEFAULT_EMAIL_SALT = "segstream-insecure-default-salt"
 SALT_ENV = "SEGSTREAM_EMAIL_SALT"
-_TOP_KEYS = {"version", "segments", "cleaning", "stream", "webhooks", "windows", "sessions", "engagement", "rfm"}
+_TOP_KEYS = {
+    "version",
+    "segments",
+    "cleaning",
+    "stream",
+    "webhooks",
+    "windows",
+    "sessions",
+    "engagement",
+    "rfm",
+    "identity",
+}
+_IDENTITY_LIMITS = ("max_user_ids_per_identifier", "max_anonymous_ids_per_identifier", "max_identifiers_per_customer")
 _CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes"}
 _STREAM_KEYS = {"max_out_of_orderness", "allowed_lateness", "dedup_horizon"}
 _ENGAGEMENT_KEYS = {"weights", "half_life", "saturation"}
@@ -48,6 +61,7 @@ class JobConfig:
     default_salt: bool  # True when no salt was configured (a warning is printed)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)  # subscribers (transforms/subscribers.py)
     profile: ProfileConfig = field(default_factory=ProfileConfig)  # windows, sessions, engagement
+    identity: IdentityConfig | None = None  # identity stitching (None: every event's own customer key)
 
     def logic(self) -> CustomerLogic:
         """The per-customer core this configuration describes (one per worker)."""
@@ -112,7 +126,24 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
         default_salt=not salt,
         webhooks=webhooks,
         profile=profile,
+        identity=_identity(document),
     )
+
+
+def _identity(document: Mapping[str, object]) -> IdentityConfig | None:
+    section = _section(document, "identity", {"stitch", "merge_user_ids", *_IDENTITY_LIMITS})
+    for key in ("stitch", "merge_user_ids"):
+        if not isinstance(section.get(key, False), bool):
+            raise ConfigError(f"config: identity.{key} must be true or false")
+    limits = {}
+    for key in _IDENTITY_LIMITS:
+        value = section.get(key, getattr(IdentityConfig(), key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config: identity.{key} must be a positive integer")
+        limits[key] = value
+    if not section.get("stitch", False):
+        return None
+    return IdentityConfig(merge_user_ids=bool(section.get("merge_user_ids", False)), **limits)
 
 
 def _windows(document: Mapping[str, object]) -> tuple[WindowSpec, ...]:

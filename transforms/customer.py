@@ -250,7 +250,7 @@ class CustomerLogic:
         state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
         self.model.add(state.profile, event)
-        self._remember_identifiers(state, event)
+        self.remember_identifiers(state, event)
         step.accepted.append(event)
         step.touched = True
         return True
@@ -315,7 +315,8 @@ class CustomerLogic:
             step.touched = True
         state.rule_wake = min(wakes.values(), default=None)
 
-    def _remember_identifiers(self, state: CustomerState, event: Event) -> None:
+    def remember_identifiers(self, state: CustomerState, event: Event) -> None:
+        """Keep the event's identifiers with the customer (up to a cap per kind)."""
         for kind, value in event.identifiers():
             self._remember(state, kind, value)
 

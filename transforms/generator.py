@@ -16,7 +16,7 @@ generated, so memory holds the population plan and the identifiers, not the even
 The truth (:meth:`StreamGenerator.truth`) maps every identifier that appears in the stream, as
 ``kind:value`` (kinds ``anonymous_id``, ``user_id``, ``email``, ``device_id``), to the person
 (``p-000042``) or, when several persons used it, the sorted list of them; ``shared`` says why
-(``family_computer``, ``junk_email``). Placeholder values that cleaning drops are not in it. Emails
+(``family_computer``). Placeholder values that cleaning drops (junk emails included) are not in it. Emails
 are keyed by the *clear normalized* address (lower-cased, trimmed); the job keeps only
 ``HMAC-SHA256(salt, email)``, so score against a run with ``truth_for_salt(truth, salt)``, which
 rewrites the email keys with the job's own hashing. ``linked_groups`` lists the identifiers
@@ -58,7 +58,8 @@ TRUTH_FORMAT = "segstream-truth/1"
 ANON_PLACEHOLDERS = ("undefined", "null", "00000000-0000-0000-0000-000000000000", "anonymous", "(null)", "nan")
 USER_PLACEHOLDERS = ("0", "-1", "guest", "null", "undefined", "none", "unknown")
 EMAIL_PLACEHOLDERS = ("n/a", "none", "undefined", "null", "-")
-# Address-shaped junk typed into forms by many people: cleaning keeps them, the truth marks them shared.
+# Address-shaped junk typed into forms by many people (cleaning drops
+# them as placeholder addresses, transforms/identifiers.py, so they never link).
 JUNK_EMAILS = ("test@test.com", "a@a.com", "noemail@example.com")
 
 _FIRST = ("ann", "ben", "carla", "dan", "eva", "finn", "gina", "hugo", "ida", "jon", "kim", "leo", "mia", "nils")
@@ -237,8 +238,6 @@ class StreamGenerator:
             person = self._person(number, (number * multiplier + offset) % _PRIME, house is not None)
             self._plan_sessions(person, shared_devices[house] if house is not None else None)
             self._persons.append(person)
-        for email in JUNK_EMAILS:
-            self._shared_keys[f"email:{email}"] = "junk_email"
 
     def _person(self, number: int, user_number: int, in_household: bool) -> _Person:
         config = self.config
