@@ -119,6 +119,8 @@ def _run_live(spec: JobSpec, engine: str) -> None:
 
 def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     """Run ``spec`` on ``engine``; return the run summary (also written to Redis and --summary-out)."""
+    if spec.config.identity is not None and (engine != "core" or is_stream_source(spec.source)):
+        raise UserError("identity.stitch runs on file replays with --engine core (Beam and Flink: not yet)")
     outputs = spec.outputs
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
     before = METRICS.snapshot()
