@@ -7,16 +7,19 @@ Decoding failures are records too (``payload`` is the raw text and ``error`` say
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
+from uuid import UUID
 
 import fastavro
 import orjson
 from tqdm import tqdm
 
+from transforms.cleaning import KNOWN_FIELDS, MAX_NESTING, too_deep
 from transforms.dead_letters import Reason, Rejection
 from transforms.timestamps import parse_event_time
 
@@ -54,37 +57,95 @@ def check_source(path: Path) -> None:
 def decode_json(data: bytes, source: str, position: str, max_bytes: int) -> RawRecord:
     """One JSON-encoded record (a JSONL line, a stream entry); too large or not JSON carries its rejection."""
     if len(data) > max_bytes:
-        head = data[:256].decode("utf-8", "replace")
-        why = f"record of {len(data)} bytes exceeds {max_bytes}"
-        return RawRecord(source, position, head, Rejection(Reason.OVERSIZED, None, why))
+        return _oversized(data, len(data), source, position, max_bytes)
     try:
-        return RawRecord(source, position, orjson.loads(data))
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         text = data.decode("utf-8", "replace")
         return RawRecord(source, position, text, Rejection(Reason.MALFORMED, None, "not valid JSON"))
+    if too_deep(value):  # the text is the payload: the decoded value is too deep to encode again
+        why = f"record nests deeper than {MAX_NESTING} levels"
+        return RawRecord(source, position, data.decode("utf-8"), Rejection(Reason.MALFORMED, None, why))
+    return RawRecord(source, position, value)
+
+
+def _oversized(head: bytes, size: int, source: str, position: str, max_bytes: int) -> RawRecord:
+    why = f"record of {size} bytes exceeds {max_bytes}"
+    return RawRecord(source, position, head[:256].decode("utf-8", "replace"), Rejection(Reason.OVERSIZED, None, why))
 
 
 def _jsonl(handle: BinaryIO, source: str, max_bytes: int) -> Iterator[RawRecord]:
-    for number, line in enumerate(handle, start=1):
-        line = line.rstrip(b"\r\n")
-        if not line.strip():
+    number = 0
+    # A line is read max_bytes + 2 bytes (with its CR LF) at most: the rest of a longer one is counted, never
+    # held (a multi-gigabyte line, or a gzip bomb without newlines, would otherwise fill the memory).
+    while line := handle.readline(max_bytes + 2):
+        number += 1
+        if line.endswith(b"\n") or len(line) < max_bytes + 2:
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield decode_json(line, source, str(number), max_bytes)
             continue
-        yield decode_json(line, source, str(number), max_bytes)
+        size, blank, line_end_only, last = len(line), not line.strip(), True, line
+        line_end = len(line) - len(line.rstrip(b"\r\n"))  # CRs and LF at the end of what was read
+        while not last.endswith(b"\n") and (chunk := handle.readline(1 << 20)):
+            size += len(chunk)
+            blank = blank and not chunk.strip()
+            line_end_only = line_end_only and not chunk.strip(b"\r\n")
+            content = len(chunk.rstrip(b"\r\n"))
+            line_end = len(chunk) - content + (0 if content else line_end)
+            last = chunk
+        if line_end_only:  # the rest was CRs and the LF: the line is what was read, without them
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield decode_json(line, source, str(number), max_bytes)
+        elif not blank:
+            yield _oversized(line, size - line_end, source, str(number), max_bytes)
 
 
-def _from_avro(record: dict[str, Any]) -> dict[str, Any]:
-    """Avro puts absent optional fields as null and extra fields as JSON strings in ``properties``."""
-    out = {k: v for k, v in record.items() if v is not None and k != "properties"}
-    properties = record.get("properties") or {}
-    if properties:
+def _from_avro(record: Any) -> Any:
+    """Avro puts absent optional fields as null and extra fields as JSON strings in ``properties``.
+
+    A file written with another schema can hold anything: a record that is not an object, or
+    ``properties`` that are not a map, goes to the cleaning step as it is (which rejects it). Extra
+    fields and properties end in the event: Avro types JSON lacks become text (see :func:`_json_value`).
+    """
+    if not isinstance(record, dict) or too_deep(record):  # the cleaning step rejects both
+        return record
+    out = {
+        k: v if k in KNOWN_FIELDS else _json_value(v) for k, v in record.items() if v is not None and k != "properties"
+    }
+    properties = record.get("properties")
+    if isinstance(properties, dict):
         decoded = {}
         for key, value in properties.items():
-            try:
-                decoded[key] = json.loads(value)
-            except (TypeError, ValueError):
+            try:  # orjson, as for JSON Lines: no lone surrogates, NaN or unbounded depth (json.loads allows them)
+                decoded[key] = orjson.loads(value)
+            except orjson.JSONDecodeError:  # not JSON, or not str/bytes
+                decoded[key] = _json_value(value)
+            if too_deep(decoded[key], MAX_NESTING - 2):  # a value is at level 3 of the record
                 decoded[key] = value
-        out["properties"] = decoded
+        if decoded:
+            out["properties"] = decoded
+    elif properties is not None:
+        out["properties"] = properties
     return out
+
+
+def _json_value(value: Any) -> Any:
+    """An Avro value in JSON types (as Avro's JSON encoding has them): bytes and fixed as text of code
+    points 0-255, decimals, UUIDs, dates and times as text. Events are written as JSON (a late one's dead
+    letter, the outputs): a ``bytes`` or ``Decimal`` in their properties would raise there."""
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    return value
 
 
 def _avro(handle: BinaryIO, source: str, tail: bytes) -> Iterator[RawRecord]:

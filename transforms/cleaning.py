@@ -3,8 +3,8 @@
 >>> cleaner = Cleaner(CleaningConfig(email_salt="s"))
 >>> now = 1_700_000_000_000
 >>> event = cleaner.clean({"event_id": "e1", "type": "page_view", "ts": 1_600_000_000_000,
-...                        "user_id": " u1 ", "email": "A@B.CO", "utm": "x"}, "demo", "1", now)
->>> event.user_id, event.email == hash_email("a@b.co", "s"), event.properties
+...                        "user_id": " u1 ", "email": "Ann@Shop.CO", "utm": "x"}, "demo", "1", now)
+>>> event.user_id, event.email == hash_email("ann@shop.co", "s"), event.properties
 ('u1', True, {'utm': 'x'})
 >>> cleaner.clean({"event_id": "e2", "type": "purchase", "ts": 1_600_000_000_000,
 ...                "user_id": "u1"}, "demo", "2", now).reason
@@ -33,6 +33,7 @@ KNOWN_FIELDS = frozenset(
         "anonymous_id",
         "user_id",
         "email",
+        "device_id",
         "session_id",
         "product_id",
         "category",
@@ -46,8 +47,13 @@ KNOWN_FIELDS = frozenset(
     }
 )
 DAY_MS = 86_400_000
-# An address-shaped token in raw text (a line that is not JSON, an oversized line's head).
-_EMAIL_IN_TEXT = re.compile(r"[^\s@\"'\\,;:<>()\[\]{}]+@[^\s@\"'\\,;:<>()\[\]{}]+")
+# An address-shaped token in raw text (a line that is not JSON, an oversized line's head). It only
+# starts where a token starts (the lookbehind) and its local part never backtracks (possessive): a
+# plain ``[^...]+@`` retried at every offset of a long run without '@' is quadratic (a 64 KiB line: 16 s).
+_TOKEN = r"[^\s@\"'\\,;:<>()\[\]{}]"
+_EMAIL_IN_TEXT = re.compile(rf"(?<!{_TOKEN}){_TOKEN}++@{_TOKEN}+")
+MAX_NESTING = 32  # levels of objects and arrays in one record; deeper ones are malformed (encoders recurse)
+_INT_BITS_MAX = 14_000  # an int this long still has fewer digits than str() converts (4300 by default)
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
@@ -67,6 +73,8 @@ def _text(record: dict[str, Any], name: str, required: bool = False) -> str | No
             raise Rejection(Reason.MISSING_FIELD, name, f"{name} is required")
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Rejection(Reason.WRONG_TYPE, name, f"{name} must be a string")
+    if isinstance(value, int) and value.bit_length() > _INT_BITS_MAX:  # str() would raise ValueError
         raise Rejection(Reason.WRONG_TYPE, name, f"{name} must be a string")
     text = str(value).strip()
     if not text and required:
@@ -108,8 +116,10 @@ def _identifiers(record: dict[str, Any], salt: str) -> dict[str, str | None]:
     raw_email = _text(record, "email")
     email = normalize_email(raw_email) if raw_email is not None else None
     ids["email"] = hash_email(email, salt) if email is not None else None
-    if not any(ids.values()):
+    if not any(ids.values()):  # a device_id alone does not make an event usable (the input contract)
         raise Rejection(Reason.MISSING_IDENTIFIER, None, "no usable anonymous_id, user_id or email")
+    raw_device = _text(record, "device_id")
+    ids["device_id"] = normalize_identifier(raw_device) if raw_device is not None else None
     return ids
 
 
@@ -120,6 +130,45 @@ def _consent(record: dict[str, Any]) -> dict[str, bool] | None:
     if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
         raise Rejection(Reason.WRONG_TYPE, "consent", "consent must be an object of booleans")
     return {str(k): v for k, v in value.items()}
+
+
+def too_deep(value: object, limit: int = MAX_NESTING) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` levels (iterative: safe at any depth)."""
+    level = [value] if isinstance(value, dict | list | tuple) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list | tuple)
+        ]
+    return False
+
+
+def _printable(value: object, depth: int = MAX_NESTING) -> object:
+    """``value`` cut at ``depth`` levels, with ints too long for str() and odd keys replaced (JSON-safe)."""
+    if isinstance(value, dict | list | tuple):
+        if depth == 0:
+            return "<nested too deep>"
+        if isinstance(value, dict):
+            return {
+                k if isinstance(k, str) else repr(_printable(k, 1)): _printable(v, depth - 1) for k, v in value.items()
+            }
+        return [_printable(v, depth - 1) for v in value]
+    if isinstance(value, int) and value.bit_length() > _INT_BITS_MAX:
+        return f"<int of {value.bit_length()} bits>"
+    return value
+
+
+def _json_payload(record: object) -> str:
+    try:
+        return json.dumps(record, default=repr, ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):  # too deep, a key JSON has no form for, an int too long
+        return json.dumps(_printable(record), default=repr, ensure_ascii=False)
 
 
 def _properties(record: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +196,8 @@ class Cleaner:
     def _clean(self, record: object, source: str, position: str, now_ms: int) -> Event:
         if not isinstance(record, dict):
             raise Rejection(Reason.MALFORMED, None, "record is not a JSON object")
+        if too_deep(record):
+            raise Rejection(Reason.MALFORMED, None, f"record nests deeper than {MAX_NESTING} levels")
         event_id = _text(record, "event_id", required=True)
         event_type = _text(record, "type", required=True)
         if event_type not in EVENT_TYPES:
@@ -179,6 +230,7 @@ class Cleaner:
             anonymous_id=ids["anonymous_id"],
             user_id=ids["user_id"],
             email=ids["email"],
+            device_id=ids["device_id"],
             session_id=_text(record, "session_id"),
             product_id=_text(record, "product_id"),
             category=_text(record, "category"),
@@ -200,14 +252,17 @@ class Cleaner:
         if isinstance(record, dict):
             record = self._pseudonymize(record)
             raw_id = record.get("event_id")
-            event_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+            if isinstance(raw_id, str) or (  # an int too long for str() is no id
+                isinstance(raw_id, int) and not isinstance(raw_id, bool) and raw_id.bit_length() <= _INT_BITS_MAX
+            ):
+                event_id = str(raw_id)
             try:
                 event_time = parse_event_time(record.get("ts"))
             except Rejection:
                 event_time = None
             if event_time is not None and not _LONG_MIN <= event_time <= _LONG_MAX:
                 event_time = None  # not representable as the Avro long of DeadLetter.event_time
-        payload = record if isinstance(record, str) else json.dumps(record, default=repr, ensure_ascii=False)
+        payload = record if isinstance(record, str) else _json_payload(record)
         if not isinstance(record, dict):
             # No field to find the email in: hash every address-shaped token of the text instead.
             payload = _EMAIL_IN_TEXT.sub(lambda m: hash_email(m.group(), self.config.email_salt), payload)

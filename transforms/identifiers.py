@@ -6,6 +6,8 @@
 True
 >>> hash_email("  Ann@Example.COM ", salt="s") == hash_email("ann@example.com", salt="s")
 True
+>>> normalize_email("Test@Test.com") is None, normalize_email("noemail@shop.example") is None
+(True, True)
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ PLACEHOLDER_IDS = frozenset(
 )
 _ZEROS = re.compile(r"^[0\-\s]+$")  # all-zero UUIDs and the like
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Local parts people type when a form insists on an address: shared by many, they never identify one.
+JUNK_EMAIL_LOCAL_PARTS = frozenset(
+    {
+        "a", "abc", "asd", "asdf", "dummy", "email", "fake", "guest", "na", "n/a", "no", "noemail", "no-email",
+        "nomail", "none", "noreply", "no-reply", "donotreply", "do-not-reply", "nobody", "null", "sample",
+        "test", "testing", "unknown", "x", "xx", "xxx",
+    }
+)  # fmt: skip
 MAX_IDENTIFIER_LENGTH = 256
 
 
@@ -53,9 +63,16 @@ def normalize_identifier(value: str) -> str | None:
 
 
 def normalize_email(value: str) -> str | None:
-    """Lower-case and trim; None when it is not shaped like an address."""
+    """Lower-case and trim; None when it is not shaped like an address or is a placeholder address
+    (a junk local part such as ``test@``, ``noemail@``, or the local part repeating the domain, ``a@a.com``)."""
     text = value.strip().lower()
-    return text if _EMAIL.match(text) and len(text) <= MAX_IDENTIFIER_LENGTH else None
+    # The length check first: _EMAIL backtracks quadratically on a long address-like text.
+    if len(text) > MAX_IDENTIFIER_LENGTH or not _EMAIL.match(text):
+        return None
+    local, _, domain = text.partition("@")
+    if local in JUNK_EMAIL_LOCAL_PARTS or local == domain.split(".")[0]:
+        return None
+    return text
 
 
 def hash_email(value: str, salt: str) -> str:

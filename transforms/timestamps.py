@@ -14,11 +14,13 @@ naive_timestamp
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from transforms.dead_letters import Reason, Rejection
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def _reject(reason: Reason, message: str) -> Rejection:
@@ -39,14 +41,17 @@ def parse_event_time(value: object) -> int:
         raise _reject(Reason.WRONG_TYPE, f"timestamp must be a string or integer, got {type(value).__name__}")
     text = value.strip()
     if text.isascii() and text.isdigit():  # str.isdigit alone accepts '²', which int() rejects
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            raise _reject(Reason.INVALID_TIMESTAMP, "epoch milliseconds out of range") from None
     try:
         parsed = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case 't' and 'z'
     except ValueError:
         raise _reject(Reason.INVALID_TIMESTAMP, "not RFC 3339 nor epoch milliseconds") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise _reject(Reason.NAIVE_TIMESTAMP, "timestamp has no UTC offset")
-    return int(parsed.timestamp() * 1000)
+    return (parsed - _EPOCH) // _MS  # exact: timestamp() * 1000 is a float, 1 ms off for 0.6% of them
 
 
 def check_event_time(ts: int, now_ms: int, max_future_ms: int) -> int:
