@@ -148,13 +148,51 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _zero_bytes(schema: Any, empty: set[str]) -> bool:
+    """Whether a value of the (parsed) ``schema`` can take no bytes; raise ValueError on an array of such
+    values: a count of 2**62 in a few bytes would make fastavro build a list of that many (memory, time).
+    ``empty`` collects the names of the zero-byte types defined so far."""
+    if isinstance(schema, str):
+        return schema == "null" or schema in empty
+    if isinstance(schema, list):  # a union writes its branch index
+        for branch in schema:
+            _zero_bytes(branch, empty)
+        return False
+    kind = schema["type"]
+    if kind in ("record", "error"):
+        zero = all([_zero_bytes(field["type"], empty) for field in schema["fields"]])
+    elif kind == "fixed":
+        zero = schema["size"] == 0
+    elif kind == "array":
+        if _zero_bytes(schema["items"], empty):
+            raise ValueError("the writer schema has an array of values that take no bytes")
+        return False
+    elif kind == "map":  # every entry has a key: a byte at least
+        _zero_bytes(schema["values"], empty)
+        return False
+    elif kind == "enum":
+        return False
+    else:  # a primitive, possibly with a logical type
+        return _zero_bytes(kind, empty)
+    if zero:
+        empty.add(schema["name"])
+    return zero
+
+
 def _avro(handle: BinaryIO, source: str, tail: bytes) -> Iterator[RawRecord]:
     """Records of an Avro container; ``tail`` is the file's last 16 bytes (its final sync marker)."""
     number = 0
     try:
-        reader = fastavro.reader(handle)
-        for number, record in enumerate(reader, start=1):
-            yield RawRecord(source, f"record {number}", _from_avro(record))
+        reader = fastavro.block_reader(handle)
+        _zero_bytes(reader.writer_schema, set())  # raises on arrays of values that take no bytes
+        for block in reader:
+            # A record takes a byte at least unless its schema holds no data (null, no fields): there a block of
+            # a few bytes can claim 2**62 records, a dead letter each, and the job would never end.
+            if block.num_records > max(1, len(block.bytes_.getbuffer())):
+                raise ValueError(f"a block of {block.size} bytes claims {block.num_records} records")
+            for record in block:
+                number += 1
+                yield RawRecord(source, f"record {number}", _from_avro(record))
         if tail != reader._header["sync"]:  # fastavro stops quietly when a file ends inside a block header
             raise EOFError("the file ends inside a block (truncated)")
     except Exception as error:  # ValueError, EOFError, IndexError, zlib.error, MemoryError... from a corrupt block

@@ -695,7 +695,8 @@ def _read_and_check(path: Path) -> tuple[list[RawRecord], list[Event | DeadLette
 def test_avro_written_with_another_schema(data: st.DataObject, codec: str) -> None:
     """Whatever the writer schema, every record is one outcome (none takes the rest of the file with it)."""
     schema = data.draw(other_schemas())
-    records = data.draw(st.lists(avro_values(schema), min_size=1, max_size=8))
+    most = 1 if schema == "null" else 8  # more records of no bytes each: a corrupt block (see the bomb test)
+    records = data.draw(st.lists(avro_values(schema), min_size=1, max_size=most))
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "other.avro"
         _write_avro(path, schema, records, codec)
@@ -798,7 +799,8 @@ def test_regression_address_scan_of_raw_text_is_linear(text: str) -> None:
     letter = check(clean_record(CLEANER, decode_json(text.encode(), SOURCE, POSITION, 1 << 16), NOW_MS))
     assert time.perf_counter() - started < 0.5
     assert isinstance(letter, DeadLetter) and letter.reason == str(Reason.MALFORMED)
-    assert letter.payload == (text_payload(text) if len(text) < 70_000 and "@" in text[:100] else letter.payload)
+    # The oracle's pattern is quadratic on the run of dots (no address there: the text is kept as it is).
+    assert letter.payload == (text if text.startswith(".") else text_payload(text))
     assert "ann@example.com" not in letter.payload
 
 
@@ -826,7 +828,7 @@ def test_regression_avro_records_of_another_shape_do_not_end_the_file(tmp_path: 
             [{"event_id": "a", "properties": ["x"]}, {"event_id": "b", "properties": []}],
         ),
         ("long", [1, 2, 3]),
-        ("null", [None, None]),
+        ("null", [None]),
         ({"type": "map", "values": "string"}, [{"event_id": "a"}, {}]),
     ]  # fmt: skip
     for schema, records in cases:
@@ -877,3 +879,78 @@ def test_regression_oversized_line_size_counts_a_line_end_split_across_reads(tmp
 def write_file(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+def _zigzag(n: int) -> bytes:
+    n, out = (n << 1) ^ (n >> 63), bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "null",
+        {"type": "record", "name": "Empty", "fields": []},
+        {"type": "record", "name": "Nulls", "fields": [{"name": "a", "type": "null"}, {"name": "b", "type": "null"}]},
+    ],
+)
+def test_regression_avro_block_of_zero_byte_records_is_no_endless_stream(tmp_path: Path, schema: Any) -> None:
+    """A block of a schema that holds no data claimed 2**62 records in 84 bytes: as many dead letters,
+    the job never ended. More records than bytes in a block: corrupt."""
+    path = tmp_path / "bomb.avro"
+    _write_avro(path, schema, [None if schema == "null" else {"a": None, "b": None}])
+    content = path.read_bytes()
+    sync = content[-16:]
+    header = content.index(sync) + 16
+    path.write_bytes(content[:header] + _zigzag(2**62) + b"\x00" + sync)
+    started = time.perf_counter()
+    raws, results = _read_and_check(path)
+    assert time.perf_counter() - started < 1
+    assert [raw.position for raw in raws] == ["after record 0"]
+    assert isinstance(results[0], DeadLetter) and "claims 4611686018427387904 records" in results[0].message
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        "null",
+        {"type": "record", "name": "Empty", "fields": []},
+        {"type": "fixed", "name": "Zero", "size": 0},
+        "Defined",  # a zero-byte record defined by an earlier field, then named
+    ],
+)
+def test_regression_avro_array_of_zero_byte_items_is_refused(tmp_path: Path, items: Any) -> None:
+    """An array of nulls whose count said 2**40 in a few bytes: fastavro built the list (memory, time)."""
+    schema = {
+        "type": "record",
+        "name": "Bomb",
+        "fields": [
+            {"name": "event_id", "type": "string"},
+            {"name": "defined", "type": {"type": "record", "name": "Defined", "fields": []}},
+            {"name": "a", "type": {"type": "array", "items": items}},
+        ],
+    }
+    path = tmp_path / "bomb.avro"
+    _write_avro(path, schema, [{"event_id": "e", "defined": {}, "a": []}])
+    content = path.read_bytes()
+    sync = content[-16:]
+    header = content.index(sync) + 16
+    payload = b"\x02e" + _zigzag(2**40) + b"\x00"  # event_id "e", then an array block of 2**40 items
+    path.write_bytes(content[:header] + b"\x02" + _zigzag(len(payload)) + payload + sync)
+    started = time.perf_counter()
+    raws, _ = _read_and_check(path)
+    assert time.perf_counter() - started < 1
+    assert [raw.position for raw in raws] == ["after record 0"]
+    assert raws[0].error is not None and "array of values that take no bytes" in raws[0].error.message
+
+
+def test_avro_schemas_of_zero_byte_values_still_read(tmp_path: Path) -> None:
+    """A record of one null, and arrays of non-empty items, still read (one record per byte at most)."""
+    _write_avro(tmp_path / "one.avro", "null", [None])
+    assert [raw.position for raw in read_records(tmp_path / "one.avro", MAX_BYTES)] == ["record 1"]
+    schema = {"type": "record", "name": "A", "fields": [{"name": "a", "type": {"type": "array", "items": "boolean"}}]}
+    _write_avro(tmp_path / "arrays.avro", schema, [{"a": [True] * 100}] * 3)
+    assert [raw.error for raw in read_records(tmp_path / "arrays.avro", MAX_BYTES)] == [None] * 3
