@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import math
 import os
@@ -428,11 +429,10 @@ def avro_file(rng: random.Random, path: Path) -> str:
 
 
 def _zigzag(n: int) -> bytes:
-    n, out = (n << 1) ^ (n >> 63), bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    return bytes([*out, n])
+    """``n`` as Avro encodes a long (zig-zag varint)."""
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, "long", n)
+    return buffer.getvalue()
 
 
 def amplified_avro_file(rng: random.Random, path: Path) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import hmac
+import io
 import json
 import math
 import pickle
@@ -882,11 +883,10 @@ def write_file(path: Path, content: bytes) -> Path:
 
 
 def _zigzag(n: int) -> bytes:
-    n, out = (n << 1) ^ (n >> 63), bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    return bytes([*out, n])
+    """``n`` as Avro encodes a long (zig-zag varint)."""
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, "long", n)
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -193,8 +193,7 @@ class CustomerLogic:
         step = Step(touched=True)
         now = max((c for c in (into.clock, other.clock) if c is not None), default=None)
         if now is not None:
-            other.segment_wakes.clear()
-            self._evaluate(other, now, from_timer=False, step=step, kinds=(), reason="merge", leave=True)
+            self._evaluate(other, now, from_timer=False, step=step, reason="merge", leave=True)
         self.model.merge(into.profile, other.profile)
         for kind, values in other.identifiers.items():
             for value in values:
