@@ -31,7 +31,8 @@ setup(
     extras_require={
         "beam": ["apache-beam>=2.61"],
         "flink": ["apache-flink>=2.3"],
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "pytest-timeout>=2.3", "trustme>=1.1"],
+        "bench": ["scikit-learn>=1.4"],  # batch baselines of bench/uci_models.py and bench/uci_scores.py
     },
     entry_points={"console_scripts": ["segstream = pipelines.cli:main"]},
 )

@@ -30,12 +30,12 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+from timing import best_seconds
 
 from pipelines.core_engine import CoreEngine
 from pipelines.job import JobSpec, clean_record
@@ -76,15 +76,6 @@ def load_events(path: Path, config: JobConfig) -> list[Event]:
     now = int(datetime.now(UTC).timestamp() * 1000)
     cleaned = (clean_record(cleaner, record, now) for record in read_records(path, config.cleaning.max_record_bytes))
     return sorted((e for e in cleaned if isinstance(e, Event)), key=lambda e: e.order_key)
-
-
-def best_seconds(repeat: int, run: Callable[[], None]) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def per_event(events: list[Event], config: JobConfig, repeat: int) -> list[CustomerState]:

@@ -23,8 +23,10 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from online_models import Models
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
+from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, StopClock, shared_client
 from pipelines.redis_stream import ack_target
@@ -80,6 +82,7 @@ class CustomerStepFn(beam.DoFn):
 
 
 _WORKER_POPULATIONS: dict[str, Population] = {}  # live pipeline -> this worker's buyers
+_WORKER_MODELS: dict[str, Models] = {}  # live pipeline -> this worker's churn and propensity models
 
 
 class LiveCustomerFn(CustomerStepFn):
@@ -95,15 +98,22 @@ class LiveCustomerFn(CustomerStepFn):
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
-    def __init__(self, config: JobConfig, stop_clock: StopClock) -> None:
+    def __init__(self, config: JobConfig, stop_clock: StopClock, redis_prefix: str) -> None:
         super().__init__(config)
         self.stop_clock = stop_clock
+        self.redis_prefix = redis_prefix
         self.run_key = uuid.uuid4().hex  # set once, at pipeline construction; every copy shares it
 
     def setup(self) -> None:
         super().setup()
-        # The runner may make a new instance per bundle: the worker's RFM population outlives them.
+        # The runner may make a new instance per bundle: the worker's RFM population outlives them,
         self.logic.model.population = _WORKER_POPULATIONS.setdefault(self.run_key, Population())
+        first = self.run_key not in _WORKER_MODELS
+        if self.logic.models is not None:  # and so do its models
+            self.logic.use_models(_WORKER_MODELS.setdefault(self.run_key, self.logic.models))
+        self.publisher = ModelPublisher(self.stop_clock.redis_url, self.redis_prefix, self.logic.models)
+        if first:  # a restarted live job continues from its models' latest snapshot
+            self.publisher.restore()
         self.ranked_for_final = False
 
     def process(
@@ -158,6 +168,7 @@ class LiveCustomerFn(CustomerStepFn):
             if not self.ranked_for_final:  # final profiles rank against the whole population seen
                 self.logic.model.population.refresh()
                 self.ranked_for_final = True
+                self.publisher.publish()
             yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
 
     def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:
@@ -172,6 +183,7 @@ class LiveCustomerFn(CustomerStepFn):
         clock.write((customer.clock, step.wake))
         state.write(customer)
         yield from self.emit(step, customer, acknowledge=True)
+        self.publisher.maybe_publish()
 
 
 class WriteRedisFn(beam.DoFn):

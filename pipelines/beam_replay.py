@@ -31,9 +31,16 @@ from apache_beam.transforms.window import GlobalWindow
 from tqdm import tqdm
 
 from pipelines.beam_pipeline import DEAD, CustomerStepFn, build
-from pipelines.customer_store import customer_store, reevaluate_on_new_rules, restore_shared, save_shared
+from pipelines.customer_store import (
+    customer_store,
+    reevaluate_on_new_rules,
+    restore_shared,
+    save_shared,
+    save_worker_state,
+)
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
+from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import OutputSink
 from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import read_records, record_event_time
@@ -114,7 +121,7 @@ class ReplayCustomerFn(CustomerStepFn):
     def setup(self) -> None:
         super().setup()
         self.store = SnapshotStore(Path(self.store_path))
-        restore_shared(self.store, self.logic)  # the RFM population carries over from the previous chunk
+        restore_shared(self.store, self.logic)  # the RFM population and models carry over from the previous chunk
 
     def process(
         self,
@@ -145,7 +152,7 @@ class ReplayCustomerFn(CustomerStepFn):
         )
 
     def finish_bundle(self) -> None:
-        self.store.put_shared("population", self.logic.model.population)
+        save_worker_state(self.store, self.logic)
         self.store.commit()
 
     def teardown(self) -> None:
@@ -223,3 +230,4 @@ def _write_final_profiles(spec: JobSpec, store: SnapshotStore) -> None:
         METRICS.customers.inc()
     sink.close()
     save_shared(store, logic)
+    ModelPublisher(spec.redis_url, spec.redis_prefix, logic.models).publish()

@@ -106,7 +106,7 @@ def run_stream(spec: JobSpec, run_id: str) -> None:
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--streaming"]))
         records = pipeline | "ReadStream" >> TestStream(coder=PickleCoder(), endpoint=service.endpoint)
-        build(spec, records, LiveCustomerFn(spec.config, stop_clock))
+        build(spec, records, LiveCustomerFn(spec.config, stop_clock, spec.redis_prefix))
         pipeline.run().wait_until_finish()
     finally:
         service.stop()

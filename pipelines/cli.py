@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from online_models import DAY_MS
 from pipelines.core_engine import CoreEngine
 from pipelines.customer_store import STATE_FILE
 from pipelines.delivery import Deliveries
@@ -124,6 +125,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     outputs = spec.outputs
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
     before = METRICS.snapshot()
+    METRICS.models = {}
     started = time.perf_counter()
     try:
         with Deliveries(spec.config.webhooks, spec.redis_url, spec.redis_prefix) as deliveries:
@@ -145,7 +147,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     for line in deliveries.report.lines():
         click.echo(line)
     counts = METRICS.snapshot().minus(before)
-    summary = counts.summary(seconds, engine, spec.config.rules.version)
+    summary = counts.summary(seconds, engine, spec.config.rules.version, METRICS.models or None)
     RedisSink(shared_client(spec.redis_url), spec.redis_prefix).write_summary(summary)
     if outputs.summary is not None:
         outputs.summary.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +244,21 @@ def _with_webhooks(config: JobConfig, urls: tuple[str, ...], secrets: tuple[str,
         raise UserError(str(error)) from None
 
 
+def _with_horizons(config: JobConfig, churn_days: float | None, propensity_days: float | None) -> JobConfig:
+    """``config`` with the label horizons of ``--churn-days`` / ``--propensity-days``."""
+    given = {k: v for k, v in (("churn_days", churn_days), ("propensity_days", propensity_days)) if v is not None}
+    if not given:
+        return config
+    if config.models is None:
+        raise UserError("--churn-days and --propensity-days need the models: set models.enabled to true")
+    models = dataclasses.replace(config.models, **given)
+    for task in ("churn", "propensity"):
+        if models.days(task) * DAY_MS < models.snapshot_every(task):
+            key = "churn_snapshot_every" if task == "churn" else "snapshot_every"
+            raise UserError(f"--{task}-days must be at least models.{key} (lower it in the config)")
+    return dataclasses.replace(config, models=models)
+
+
 def common_options(func: Any) -> Any:
     for option in reversed(_common):
         func = option(func)
@@ -291,6 +308,21 @@ def main() -> None:
     "execution.checkpointing.interval=10s, state.backend.type=rocksdb, python.execution-mode=process, "
     "execution.state-recovery.path=SAVEPOINT (repeatable; defaults in the README).",
 )
+@click.option(
+    "--receipts-out",
+    type=click.Path(path_type=Path),
+    help="JSONL file the deletion receipts of forget events are appended to (--engine core).",
+)
+@click.option(
+    "--churn-days",
+    type=click.FloatRange(min=1, min_open=False),
+    help="Churn label horizon: churned = no purchase for this many days (default: models.churn_days, 90).",
+)
+@click.option(
+    "--propensity-days",
+    type=click.FloatRange(min=1, min_open=False),
+    help="Propensity label horizon: a purchase within this many days (default: models.propensity_days, 14).",
+)
 @webhook_options
 def run(
     source: str,
@@ -311,6 +343,9 @@ def run(
     metrics_port: int,
     metrics_address: str,
     flink_conf: tuple[str, ...],
+    receipts_out: Path | None,
+    churn_days: float | None,
+    propensity_days: float | None,
     webhook_urls: tuple[str, ...],
     webhook_secrets: tuple[str, ...],
 ) -> None:
@@ -319,7 +354,9 @@ def run(
     if resume and (engine not in ("core", "beam") or is_stream_source(source)):
         raise UserError("--resume continues file replays on --engine core or beam")
     engine_conf = _flink_conf(flink_conf)
-    config = _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets)
+    config = _with_horizons(
+        _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets), churn_days, propensity_days
+    )
     now_ms = _timestamp(now, "--now") or int(datetime.now(UTC).timestamp() * 1000)
     as_of_ms = _timestamp(as_of, "--as-of")
     url, _server = _redis(redis_url, state_dir)
@@ -327,7 +364,7 @@ def run(
         source=source,
         config=config,
         redis_url=url,
-        outputs=OutputPaths(changes_out, profiles_out, dead_letter_out, summary_out),
+        outputs=OutputPaths(changes_out, profiles_out, dead_letter_out, summary_out, receipts_out),
         now_ms=now_ms,
         as_of=as_of_ms,
         progress=sys.stderr.isatty() if progress is None else progress,
@@ -640,6 +677,57 @@ def replay(
     for name in names or [route.name for route in load_routes(client, redis_prefix)]:
         moved = DeliveryQueue(client, redis_prefix, name).replay(limit)
         click.echo(f"{name}: {moved} dead letters queued again")
+
+
+@main.command()
+@click.option(
+    "--identifier",
+    "identifiers",
+    multiple=True,
+    required=True,
+    metavar="KIND:VALUE",
+    help="An identifier of the customer to forget, KIND one of user, email, anon, device (repeatable); an "
+    "email in clear is normalized and hashed with the configured salt.",
+)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML job configuration (the salt).")
+@redis_options
+@click.option(
+    "--scrub",
+    "scrub_paths",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A JSONL output (changes, dead letters, profiles) to rewrite without the customer's lines (repeatable).",
+)
+@click.option("--receipts-out", type=click.Path(path_type=Path), help="JSONL file the receipts are appended to.")
+def forget(
+    identifiers: tuple[str, ...],
+    config_path: Path | None,
+    redis_url: str | None,
+    state_dir: Path,
+    redis_prefix: str,
+    scrub_paths: tuple[Path, ...],
+    receipts_out: Path | None,
+) -> None:
+    """Erase customers (right to erasure) from Redis, the core engine's saved state in --state-dir and the
+    --scrub files, leaving a deletion receipt each. A running job learns of it by a `forget` event."""
+    from pipelines.forget import forget_customers, parse_identifier
+
+    salt = _load_config(config_path).cleaning.email_salt
+    try:
+        parsed = [parse_identifier(identifier, salt) for identifier in identifiers]
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    url, _server = _redis(redis_url, state_dir)
+    try:
+        receipts = forget_customers(
+            shared_client(url), redis_prefix, salt, parsed, state_dir / STATE_FILE, scrub_paths, receipts_out
+        )
+    except RedisUnavailable as error:
+        raise UserError(str(error)) from None
+    for receipt in receipts:
+        METRICS.forgets.inc()
+        removed = ", ".join(f"{kind} {n}" for kind, n in sorted(receipt.removed.items()))
+        click.echo(f"forgot customer {receipt.customer_ref[:16]}: removed {removed}; receipt {receipt.receipt_id}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 from pipelines.customer_store import customer_store, reevaluate_on_new_rules, restore_shared, save_shared
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
+from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import OutputSink
 from pipelines.sources import read_records
 from transforms.changes import IdentityMerge
@@ -39,7 +40,9 @@ class CoreEngine:
         self.spec = spec
         self.cleaner = spec.cleaner()
         self.logic = spec.logic()
-        self.sink = OutputSink(spec.redis_url, spec.outputs, self.logic.profile, spec.redis_prefix)
+        self.sink = OutputSink(
+            spec.redis_url, spec.outputs, self.logic.profile, spec.redis_prefix, salt=spec.config.cleaning.email_salt
+        )
         self.states: dict[str, CustomerState] = {}
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
@@ -53,6 +56,7 @@ class CoreEngine:
             restore_shared(store, self.logic)
             if self.graph is not None:
                 self.graph = store.get_shared("identity") or self.graph
+            self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.logic.models)
             reevaluate_on_new_rules(store, self.logic, self._emit_changes)
             for key, wake in store.wakes():  # timers of customers from an earlier run
                 self._set_timer(key, wake)
@@ -60,6 +64,7 @@ class CoreEngine:
             if self.graph is not None:
                 store.put_shared("identity", self.graph)
             save_shared(store, self.logic)
+        self.publisher.publish()
         self.sink.close()
 
     def _replay(self) -> None:
@@ -94,6 +99,9 @@ class CoreEngine:
             assert snapshot is not None
             step = self.logic.on_timer(snapshot.state, snapshot.pending, end, end, bounded=True)
             self._emit_changes(step)
+            if self._erase(key, snapshot.state, step):
+                self.store.delete(key)
+                continue
             self.store.put(key, Snapshot(snapshot.state, step.remaining), self.logic.next_wake(snapshot.state))
         self.logic.model.population.refresh()
         for snapshot in self.store.snapshots():
@@ -185,11 +193,24 @@ class CoreEngine:
             self._set_timer(key, step.wake)
         self._emit_changes(step)
         state = self.states[key]
+        if self._erase(key, state, step):
+            del self.states[key]
+            return
         if step.touched:
             self.sink.profile(state)
+            self.publisher.maybe_publish()
         if step.wake is None and key not in self.pending:
             self.store.put(key, Snapshot(state, []), None)
             del self.states[key]
+
+    def _erase(self, key: str, state: CustomerState, step: Step) -> bool:
+        """Carry out the step's forgets: identity graph, Redis, files, receipt (:mod:`pipelines.forget`).
+        True when the customer is gone (nothing of theirs came after the forget)."""
+        for forget in step.forgotten:
+            members = self.graph.members(key) if self.graph is not None else []
+            removed = self.graph.forget(key) if self.graph is not None else 0
+            self.sink.forget(forget, members, removed)
+        return bool(step.forgotten) and not step.remaining and self.logic.is_blank(state)
 
     def _emit_changes(self, step: Step) -> None:
         METRICS.record_step(step)

@@ -35,14 +35,25 @@ def customer_store(state_file: Path | None) -> Iterator[SnapshotStore]:
 
 
 def restore_shared(store: SnapshotStore, logic: CustomerLogic) -> None:
-    """Give ``logic`` the RFM population the store's customers belong to."""
+    """Give ``logic`` the RFM population the store's customers belong to, and the models they
+    trained (unless the models' settings changed: then they start afresh)."""
     population = store.get_shared("population")
     if population is not None:
         logic.model.population = population
+    models = store.get_shared("models")
+    if models is not None:
+        logic.use_models(models)
+
+
+def save_worker_state(store: SnapshotStore, logic: CustomerLogic) -> None:
+    """The state the worker's customers share: the RFM population and the models."""
+    store.put_shared("population", logic.model.population)
+    if logic.models is not None:
+        store.put_shared("models", logic.models)
 
 
 def save_shared(store: SnapshotStore, logic: CustomerLogic) -> None:
-    store.put_shared("population", logic.model.population)
+    save_worker_state(store, logic)
     store.put_shared("rules_version", logic.rules.version)
     store.commit()
 

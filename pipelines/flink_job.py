@@ -48,6 +48,7 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, Va
 
 from pipelines.flink_env import environment, under_flink_cli
 from pipelines.job import JobSpec
+from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, shared_client
 from pipelines.sources import FILE_SUFFIXES, SourceError
@@ -211,6 +212,11 @@ class CustomerFn(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.driver = CustomerDriver(self.spec.logic())
+        # The models of this subtask: not Flink state; on a live source a restart continues from
+        # their latest Redis snapshot.
+        self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.driver.logic.models)
+        if self.live:
+            self.publisher.restore()
         self.value = runtime_context.get_state(ValueStateDescriptor("customer", PICKLED))
         self.cache: dict[str, Keyed] = {}
         self.rendering: dict[str, Keyed] = {}  # touched customers, rendered together by one timer
@@ -220,6 +226,7 @@ class CustomerFn(KeyedProcessFunction):
         keyed = self._load(batch.key)
         before = CustomerDriver.trigger(keyed)
         keyed, out = self.driver.on_records(keyed, batch.records)
+        self.publisher.maybe_publish()
         if keyed is not None:
             self._keep(batch.key, keyed, before, ctx)
             if batch.records[-1].event is None:  # the end marker comes last
@@ -244,6 +251,8 @@ class CustomerFn(KeyedProcessFunction):
             self.rendering.pop(key, None)
             self.cache.pop(key, None)
             self.value.clear()
+            if not self.driver.final_started:  # the first final profile: publish the models once
+                self.publisher.publish()
             yield self.driver.final(keyed)
         elif timestamp == CustomerDriver.trigger(keyed):
             out = self.driver.on_watermark(keyed, ctx.timer_service().current_watermark())

@@ -9,6 +9,8 @@ registry; the summary printed by the command line covers in-process runners (Dir
 from __future__ import annotations
 
 import time
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -16,6 +18,12 @@ from transforms.changes import SegmentChange
 from transforms.customer import Step
 from transforms.dead_letters import DeadLetter
 from transforms.summary import RunCounts
+
+PRIVACY_COUNTS = {  # metric -> run count
+    "segstream_events_no_consent": "no_consent",
+    "segstream_consent_revocations": "consent_revocations",
+    "segstream_forgets": "forgets",
+}
 
 
 class JobMetrics:
@@ -70,7 +78,56 @@ class JobMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.no_consent = Counter(
+            "segstream_events_no_consent",
+            "Accepted events not profiled: their customer has not granted consent.personalization",
+            registry=self.registry,
+        )
+        self.consent_revocations = Counter(
+            "segstream_consent_revocations",
+            "Customers whose consent.personalization was revoked",
+            registry=self.registry,
+        )
+        self.forgets = Counter(
+            "segstream_forgets", "Customers forgotten (forget events; segstream forget)", registry=self.registry
+        )
+        self.model_updates = Gauge(
+            "segstream_model_updates", "Labelled examples each model has learnt", ["task"], registry=self.registry
+        )
+        self.model_auc = Gauge(
+            "segstream_model_auc",
+            "Progressive-validation ROC AUC over the last models.validation_window labels",
+            ["task"],
+            registry=self.registry,
+        )
+        self.model_log_loss = Gauge(
+            "segstream_model_log_loss",
+            "Progressive-validation log loss (same window)",
+            ["task"],
+            registry=self.registry,
+        )
+        self.model_calibration_error = Gauge(
+            "segstream_model_calibration_error",
+            "Progressive-validation expected calibration error (same window)",
+            ["task"],
+            registry=self.registry,
+        )
+        self.models: dict[str, Any] = {}  # the latest model summary, per task (for the run summary)
         self.live = False
+
+    def record_models(self, summary: dict[str, dict[str, Any]]) -> None:
+        """Model quality from :meth:`online_models.Models.summary` (gauges and the run summary)."""
+        self.models = summary
+        for task, figures in summary.items():
+            validation = figures["validation"]
+            self.model_updates.labels(task).set(figures["n_updates"])
+            for gauge, key in (
+                (self.model_auc, "roc_auc"),
+                (self.model_log_loss, "log_loss"),
+                (self.model_calibration_error, "expected_calibration_error"),
+            ):
+                if validation.get(key) is not None:
+                    gauge.labels(task).set(validation[key])
 
     def record_step(self, step: Step) -> None:
         """Count what one keyed step did."""
@@ -80,6 +137,10 @@ class JobMetrics:
             self.events.labels(event.type, "duplicate").inc()
         for change in step.changes:
             self.record_change(change)
+        if step.no_consent or step.revocations or step.forgotten:
+            self.no_consent.inc(len(step.no_consent))
+            self.consent_revocations.inc(step.revocations)
+            self.forgets.inc(len(step.forgotten))
 
     def record_change(self, change: SegmentChange) -> None:
         self.changes.labels(change.segment, change.change).inc()
@@ -108,11 +169,16 @@ class JobMetrics:
                     counts.add_change(labels["segment"], labels["change"], n)
                 elif metric.name == "segstream_customers_finalized":
                     counts.add("customers", n)
+                elif metric.name in PRIVACY_COUNTS:
+                    counts.add(PRIVACY_COUNTS[metric.name], n)
         return counts
 
-    def serve(self, port: int, address: str = "127.0.0.1") -> None:
-        """Serve ``/metrics`` on ``address:port`` in a background thread."""
-        start_http_server(port, addr=address, registry=self.registry)
+    def serve(self, port: int, address: str = "127.0.0.1") -> WSGIServer:
+        """Serve ``/metrics`` on ``address:port`` in a background thread; return the server (its
+        ``server_address`` is where it listens; ``shutdown()`` stops it). Loopback by default: the
+        metrics carry no personal data, but nothing outside the machine needs them unless told so."""
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return server
 
 
 METRICS = JobMetrics()

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pipelines.forget import Eraser, Erasure, scrub_jsonl
 from pipelines.redis_store import RedisSink, shared_client
 from transforms.changes import IdentityMerge, SegmentChange
 from transforms.customer import CustomerState
 from transforms.dead_letters import DeadLetter
+from transforms.privacy import DeletionReceipt, Forget
 
 
 class JsonLinesWriter:
     """Appends one JSON object per line; ``flush`` makes lines visible to readers right away."""
 
     def __init__(self, path: Path | None) -> None:
+        self.path = path
         self._handle: IO[str] | None = path.open("a", encoding="utf-8") if path is not None else None
 
     def write(self, record: dict[str, Any]) -> None:
@@ -32,6 +35,11 @@ class JsonLinesWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def reopen(self) -> None:
+        """Append again, to the file now at ``path`` (after it was replaced)."""
+        self.close()
+        self._handle = self.path.open("a", encoding="utf-8") if self.path is not None else None
 
 
 def truncate(*paths: Path | None) -> None:
@@ -48,6 +56,7 @@ class OutputPaths:
     profiles: Path | None = None
     dead_letters: Path | None = None
     summary: Path | None = None
+    receipts: Path | None = None  # deletion receipts of forgets (pipelines.forget)
 
 
 class OutputSink:
@@ -63,8 +72,11 @@ class OutputSink:
         render: Callable[[CustomerState], dict[str, Any]],
         redis_prefix: str = "segstream",
         batch_size: int = 1000,
+        salt: str = "",
     ) -> None:
         self.redis = RedisSink(shared_client(redis_url), redis_prefix)
+        self.eraser = Eraser(self.redis.client, redis_prefix, salt)
+        self.receipt_file = JsonLinesWriter(paths.receipts)
         self.render = render
         self.batch_size = batch_size
         self.change_file = JsonLinesWriter(paths.changes)
@@ -102,6 +114,26 @@ class OutputSink:
         self.dead_letter_file.write(letter.to_dict())
         self._maybe_flush()
 
+    def forget(self, forget: Forget, identifiers: Iterable[tuple[str, str]] = (), graph: int = 0) -> DeletionReceipt:
+        """Erase a forgotten customer from Redis and the output files, after everything
+        written before (its forget exits included); write and return the deletion receipt. ``identifiers``:
+        more of theirs (the identity graph's), ``graph``: how many the identity graph removed."""
+        self.flush()
+        erasure = Erasure({"identifiers": len({*forget.identifiers, *identifiers}), "segments": forget.segments})
+        if graph:
+            erasure.add("identity_graph", graph)
+        self.eraser.redis(forget.customer_id, [*forget.identifiers, *identifiers], erasure)
+        known = {f"{kind}:{value}" for kind, value in (*forget.identifiers, *identifiers)}
+        for writer in (self.change_file, self.dead_letter_file, self.profile_file):
+            if writer.path is not None:
+                writer.close()
+                erasure.add("output_lines", scrub_jsonl(writer.path, erasure.customer_ids, known))
+                writer.reopen()
+        receipt = self.eraser.receipt(forget.customer_id, f"event:{forget.event_id}", forget.event_time, erasure)
+        self.receipt_file.write(receipt.to_dict())
+        self.receipt_file.flush()
+        return receipt
+
     def _maybe_flush(self) -> None:
         if len(self._changes) + len(self._touched) + len(self._dead) + len(self._merges) >= self.batch_size:
             self.flush()
@@ -119,5 +151,5 @@ class OutputSink:
 
     def close(self) -> None:
         self.flush()
-        for writer in (self.change_file, self.dead_letter_file, self.profile_file):
+        for writer in (self.change_file, self.dead_letter_file, self.profile_file, self.receipt_file):
             writer.close()

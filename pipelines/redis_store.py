@@ -31,10 +31,12 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 
@@ -148,12 +150,22 @@ def start_embedded(state_dir: Path) -> tuple[str, Any]:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for ``url`` that has answered a PING, or :class:`RedisUnavailable`."""
+    """A client for ``url`` that has answered a PING, or :class:`RedisUnavailable`.
+
+    ``url`` is any URL redis-py's ``from_url`` reads: ``redis://[[user]:password@]host:port/db``
+    (AUTH, or ACL with a user), ``rediss://...`` (TLS; query parameters such as
+    ``ssl_ca_certs=/path/ca.pem``, ``ssl_cert_reqs=required``, ``ssl_check_hostname=true``,
+    ``ssl_certfile``/``ssl_keyfile`` for client certificates) or ``unix:///path``. A wrong password,
+    an untrusted certificate or an unknown parameter is a :class:`RedisUnavailable` whose message
+    holds no password."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
         client.ping()
-    except (redis.RedisError, ValueError) as error:
-        raise RedisUnavailable(f"cannot reach Redis at {redact(url)}: {error}") from None
+    except (redis.RedisError, ValueError, OSError) as error:
+        raise RedisUnavailable(f"cannot reach Redis at {redact(url)}: {_scrub(str(error), url)}") from None
+    except TypeError as error:  # an option redis-py does not know, e.g. ?ssl_ca_cert= for ssl_ca_certs
+        message = _scrub(str(error), url)
+        raise RedisUnavailable(f"cannot use the Redis URL {redact(url)}: {message}") from None
     return client
 
 
@@ -164,12 +176,42 @@ def shared_client(url: str) -> redis.Redis:
     return connect(url)
 
 
+_SECRET_QUERY = re.compile(r"(?i)((?:^|[?&;])(?:ssl_)?password=)[^&;#]*")
+
+
 def redact(url: str) -> str:
-    """``url`` without a password (for messages and logs)."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    """``url`` without its credentials (for messages and logs): the user and password before ``@``
+    and any ``password=`` / ``ssl_password=`` query parameter become ``***``.
+
+    >>> redact("rediss://app:s3cret@redis.example:6380/0?ssl_ca_certs=/etc/ca@2.pem&password=x")
+    'rediss://***@redis.example:6380/0?ssl_ca_certs=/etc/ca@2.pem&password=***'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # The credentials end at the last '@' before the query ('/' may be in a password left unencoded),
+    # else at the last '@' before the path (so may '?').
+    before_query, before_path = rest.partition("?")[0], rest.partition("/")[0]
+    at = before_query.rfind("@") if "@" in before_query else before_path.rfind("@")
+    if at >= 0:
+        rest = "***" + rest[at:]
+    address, question, query = rest.partition("?")
+    query = _SECRET_QUERY.sub(r"\1***", query)
+    return f"{scheme}{sep}{address}{question}{query}"
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error message about ``url``) with the URL's password, if any, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        secrets = [parts.password, parts.username, *parse_qs(parts.query).get("password", [])]
+    except ValueError:
+        secrets = []
+    for secret in filter(None, secrets):
+        for form in {secret, unquote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
 
 
 class StopClock:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 
-from pipelines.redis_store import RedisUnavailable, connect, retrying
+from pipelines.redis_store import RedisUnavailable, connect, redact, retrying
 
 SCHEMES = {"redis-stream": "redis", "rediss-stream": "rediss"}
 
@@ -36,7 +36,7 @@ class StreamSpec:
         """
         parts = urlsplit(text)
         if parts.scheme not in SCHEMES or not parts.netloc or not parts.path.strip("/"):
-            raise ValueError(f"{text!r} is not redis-stream://HOST:PORT/STREAM")
+            raise ValueError(f"{redact(text)!r} is not redis-stream://HOST:PORT/STREAM")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         db = query.get("db", "0")
         return cls(

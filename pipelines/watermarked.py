@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.job import clean_record
-from pipelines.metrics import METRICS, JobMetrics
+from pipelines.metrics import METRICS, PRIVACY_COUNTS, JobMetrics
 from pipelines.sources import RawRecord, decode_json
 from transforms.cleaning import Cleaner
 from transforms.customer import CustomerLogic, CustomerState, Step
@@ -169,7 +169,7 @@ class CustomerDriver:
 
     def __init__(self, logic: CustomerLogic) -> None:
         self.logic = logic
-        self._population_complete = False
+        self.final_started = False
 
     def on_record(self, keyed: Keyed | None, record: Tagged) -> tuple[Keyed | None, list[tuple[str, Any]]]:
         """A record of this customer: the keyed value to keep (None for a late first event) and the outputs."""
@@ -232,9 +232,9 @@ class CustomerDriver:
     def final(self, keyed: Keyed) -> list[tuple[str, Any]]:
         """The customer's final profile and counts, once every customer reached the end (as in the
         core loop, against the complete RFM population)."""
-        if not self._population_complete:
+        if not self.final_started:
             self.logic.model.population.refresh()
-            self._population_complete = True
+            self.final_started = True
         return [(FINAL, self.logic.profile(keyed.state)), (COUNTS, keyed.counts)]
 
     def _emit(self, keyed: Keyed, step: Step, out: list[tuple[str, Any]]) -> None:
@@ -243,6 +243,11 @@ class CustomerDriver:
         out.extend((CHANGE, change) for change in step.changes)
         keyed.counts.update((event.type, "accepted") for event in step.accepted)
         keyed.counts.update((event.type, "duplicate") for event in step.duplicates)
+        if step.no_consent or step.revocations or step.forgotten:
+            keyed.counts.update(
+                {("no_consent",): len(step.no_consent), ("consent_revocations",): step.revocations,
+                 ("forgets",): len(step.forgotten)}
+            )  # fmt: skip
         keyed.touched = keyed.touched or step.touched
 
 
@@ -269,5 +274,7 @@ def record_counts(counts: Counts, metrics: JobMetrics = METRICS) -> None:
             metrics.changes.labels(key[1], key[2]).inc(n)
         elif key[0] == "dead_letter":
             metrics.dead_letters.labels(key[1]).inc(n)
+        elif key[0] in PRIVACY_COUNTS.values():
+            getattr(metrics, key[0]).inc(n)
         else:
             metrics.events.labels(*key).inc(n)

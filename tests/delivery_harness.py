@@ -99,11 +99,11 @@ def run_job(source: Path, redis_url: str, out: Path, prefix: str, config: JobCon
 
 def redis_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """What readers see under ``prefix``: profiles, segment members, the change stream (without entry
-    ids), dead letters; not the delivery queues, dead-letter guards or the run summary."""
+    ids), dead letters; not the delivery queues, dead-letter guards, model snapshots or the run summary."""
     state: dict[str, Any] = {}
     for raw in client.scan_iter(f"{prefix}:*"):
         key = raw.decode()[len(prefix) + 1 :]
-        if key.startswith(("webhooks:", "run:", "dead_letter:")):
+        if key.startswith(("webhooks:", "run:", "dead_letter:", "model:")):  # model: versions count publishes
             continue
         kind = client.type(raw).decode()
         if kind == "hash":

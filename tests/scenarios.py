@@ -36,3 +36,32 @@ def disordered_lines(customers: int, seed: int, shuffle_within_ms: int, late: in
             record["ts"] -= 3 * DAY_MS
             lines.insert(len(lines) * 3 // 4, json.dumps(record))
     return lines
+
+
+def with_consent(customers: int, seed: int) -> list[str]:
+    """A sample stream in which some customers revoke consent.personalization mid-stream (one of them
+    granting it again later) and one never grants it."""
+    lines = list(sample_lines(customers, seed=seed))
+    records = [_record(line) for line in lines]
+    users = sorted({r["user_id"] for r in records if isinstance(r, dict) and isinstance(r.get("user_id"), str)})
+    revoked, regranted, never = users[:3], users[1], users[3]
+    ofs = [r.get("user_id") if r is not None else None for r in records]
+    seen: dict[str, int] = {}
+    for record, user in zip(records, ofs, strict=True):
+        if record is None or (user not in revoked and user != never):
+            continue
+        seen[user] = seen.get(user, 0) + 1
+        total = ofs.count(user)
+        if user == never or seen[user] == total * 2 // 3:  # late enough to be in segments
+            record["consent"] = {"personalization": False}
+        elif user == regranted and seen[user] == total * 5 // 6:
+            record["consent"] = {"personalization": True}
+    return [json.dumps(r) if r is not None else line for r, line in zip(records, lines, strict=True)]
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

@@ -44,7 +44,7 @@ def run_stream(stream: TestStream, tmp_path: Path, redis_url: str, end: int) -> 
     stop_clock = StopClock(redis_url, "segstream:run:test:stop_at")
     stop_clock.mark(end)
     with beam.Pipeline(options=PipelineOptions(["--streaming"])) as pipeline:
-        build(spec, pipeline | stream, LiveCustomerFn(spec.config, stop_clock))
+        build(spec, pipeline | stream, LiveCustomerFn(spec.config, stop_clock, spec.redis_prefix))
     return out
 
 

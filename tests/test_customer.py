@@ -729,6 +729,9 @@ def test_run_counts_balanced_merge_and_summary() -> None:
         "events_in": 7,
         "accepted": 4,
         "duplicates": 1,
+        "no_consent": 0,
+        "forgets": 0,
+        "consent_revocations": 0,
         "dead_letters": {"late": 1, "malformed": 1},
         "customers": 2,
         "segment_changes": {
@@ -739,6 +742,7 @@ def test_run_counts_balanced_merge_and_summary() -> None:
         "events_per_second": 3.5,
         "engine": "core",
         "rules_version": "default-1",
+        "models": None,
     }
     assert list(summary["dead_letters"]) == ["late", "malformed"]
     assert RunCounts().summary(0.0, "core", "v")["events_per_second"] == 0.0

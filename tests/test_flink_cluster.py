@@ -18,14 +18,14 @@ import pytest
 import redis
 
 from pipelines.core_engine import CoreEngine
-from tests.conftest import NOW_MS, make_spec, read_jsonl
+from tests.conftest import NOW_MS, SCORE_FIELDS, make_spec, read_jsonl
 from tests.flink_cluster import FlinkCluster, start_cluster
 from transforms.sample_stream import sample_lines
 
 SUBMIT = Path(__file__).resolve().parents[1] / "deploy" / "flink" / "submit.sh"
 # Ranked against the population of buyers that each worker holds: at parallelism 2 a worker ranks its
 # own customers only (transforms/profile.py keeps the population in the worker's CustomerLogic).
-PER_WORKER_FIELDS = ("rfm",)
+PER_WORKER_FIELDS = ("rfm", *SCORE_FIELDS)
 
 
 def comparable(profile: dict[str, Any]) -> dict[str, Any]:

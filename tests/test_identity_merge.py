@@ -30,8 +30,9 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _comparable(logic: CustomerLogic, state: CustomerState) -> dict[str, Any]:
+    """The profile less ids and model scores (the scores depend on each logic's training history)."""
     profile = logic.profile(state)
-    for key in ("customer_id", "identifiers", "seq"):
+    for key in ("customer_id", "identifiers", "seq", "churn_score", "propensity_score"):
         del profile[key]
     return _flat(profile)
 

@@ -16,7 +16,7 @@ import redis
 from click.testing import CliRunner
 
 from pipelines.cli import main
-from tests.conftest import NOW_MS, free_port, read_jsonl
+from tests.conftest import NOW_MS, free_port, read_jsonl, without_scores
 from transforms.sample_stream import sample_lines
 
 
@@ -101,10 +101,9 @@ def test_live_stream_drains_on_sigint_and_matches_a_replay(redis_url: str, tmp_p
 
 
 def without_rfm(path: Path) -> list[dict[str, Any]]:
-    """Profiles by customer, less RFM scores: a live run ranks against the population as it found it."""
-    return sorted(
-        ({k: v for k, v in p.items() if k != "rfm"} for p in read_jsonl(path)), key=lambda p: p["customer_id"]
-    )
+    """Profiles by customer, less RFM and model scores: a live run ranks against the population as it
+    found it, and its models learn in its processing order."""
+    return without_scores([{k: v for k, v in p.items() if k != "rfm"} for p in read_jsonl(path)])
 
 
 def test_a_killed_live_job_loses_nothing_its_successor_rereads_the_unacknowledged(

@@ -87,6 +87,9 @@ RUN_SUMMARIES = st.fixed_dictionaries(
         "events_in": LONGS,
         "accepted": LONGS,
         "duplicates": LONGS,
+        "no_consent": LONGS,
+        "forgets": LONGS,
+        "consent_revocations": LONGS,
         "dead_letters": maps(LONGS),
         "customers": LONGS,
         "segment_changes": maps(maps(LONGS)),
@@ -94,6 +97,44 @@ RUN_SUMMARIES = st.fixed_dictionaries(
         "events_per_second": DOUBLES,
         "engine": TEXT,
         "rules_version": TEXT,
+        "models": st.none()
+        | st.dictionaries(
+            st.sampled_from(["churn", "propensity"]),
+            st.fixed_dictionaries(
+                {
+                    "model": TEXT,
+                    "n_updates": LONGS,
+                    "validation": st.fixed_dictionaries(
+                        {
+                            "n": LONGS,
+                            "window": LONGS,
+                            **dict.fromkeys(
+                                (
+                                    "positive_rate",
+                                    "mean_predicted",
+                                    "roc_auc",
+                                    "log_loss",
+                                    "expected_calibration_error",
+                                ),
+                                optional(DOUBLES),
+                            ),
+                            "calibration": st.lists(
+                                st.fixed_dictionaries(
+                                    {
+                                        "low": DOUBLES,
+                                        "high": DOUBLES,
+                                        "count": LONGS,
+                                        "mean_predicted": optional(DOUBLES),
+                                        "observed_rate": optional(DOUBLES),
+                                    }
+                                ),
+                                max_size=3,
+                            ),
+                        }
+                    ),
+                }
+            ),
+        ),
     }
 )
 IDENTITY_MERGES = st.fixed_dictionaries(
@@ -175,6 +216,9 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "events_in": 0,
         "accepted": 0,
         "duplicates": 0,
+        "no_consent": 0,
+        "forgets": 0,
+        "consent_revocations": 0,
         "dead_letters": {},
         "customers": 0,
         "segment_changes": {},
@@ -182,6 +226,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "events_per_second": 0.0,
         "engine": "core",
         "rules_version": "",
+        "models": None,
     },
     "ClickstreamEvent": dict.fromkeys(INPUT_COMMON) | {"event_id": "e1", "type": "page_view", "ts": TS_MS},
     "Transaction": dict.fromkeys(INPUT_COMMON)

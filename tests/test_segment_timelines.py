@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.beam_pipeline import LiveCustomerFn, build
 from pipelines.redis_store import StopClock
 from pipelines.sources import RawRecord
-from tests.conftest import make_spec, read_jsonl
+from tests.conftest import make_spec, read_jsonl, without_scores
 from tests.test_customer import MiniEngine, at, check_change_stream, make_event
 from transforms.changes import SegmentChange
 from transforms.config import JobConfig, parse_config
@@ -378,7 +378,7 @@ def run_beam(timeline: Timeline, tmp_path: Path, redis_url: str) -> Run:
     stop_clock = StopClock(redis_url, "segstream:run:timelines:stop_at")
     stop_clock.mark(end)
     with beam.Pipeline(options=PipelineOptions(["--streaming"])) as pipeline:
-        build(spec, pipeline | stream, LiveCustomerFn(spec.config, stop_clock))
+        build(spec, pipeline | stream, LiveCustomerFn(spec.config, stop_clock, spec.redis_prefix))
     changes = sorted(read_jsonl(out / "changes.jsonl"), key=lambda c: (c["customer_id"], c["seq"]))
     profiles = sorted(read_jsonl(out / "profiles.jsonl"), key=lambda p: p["customer_id"])
     letters = read_jsonl(out / "dead_letters.jsonl")
@@ -427,7 +427,7 @@ def test_timeline_on_beam(timeline: Timeline, tmp_path: Path, redis_url: str) ->
 
 
 def without_rfm(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in profile.items() if k != "rfm"} for profile in profiles]
+    return without_scores([{k: v for k, v in profile.items() if k != "rfm"} for profile in profiles])
 
 
 def test_rfm_timeline_on_the_core() -> None:
@@ -528,8 +528,8 @@ def test_a_new_rule_set_on_a_timer_due_under_the_old_one() -> None:
     assert [(c.segment, c.change) for c in first.changes] == [("recent_buyer", "entered")]
     step = v2.advance(state, [], at("12:00"))
     assert step.changes == []  # still within v2's 1 d, and 20 is under v2's 50
-    assert step.wake == at("24:00:00.001")  # v2's expiry, not v1's 30 d
-    step = v2.advance(state, [], step.wake)
+    assert state.rule_wake == at("24:00:00.001")  # v2's expiry, not v1's 30 d
+    step = v2.advance(state, [], state.rule_wake)
     assert [(c.event_time, c.segment, c.change, c.reason, c.rules_version, c.seq) for c in step.changes] == [
         (at("24:00:00.001"), "recent_buyer", "exited", "expiry", "v2", 2)
     ]

@@ -26,7 +26,9 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
 
 
 def _generate(tmp_path: Path, persons: int = 150) -> tuple[Path, dict]:
-    generator = StreamGenerator(GeneratorConfig(persons=persons, days=5, seed=3, shared_device_share=0.1))
+    # No opt-outs: a customer without consent keeps only its key identifier, so profiles cannot show its links.
+    config = GeneratorConfig(persons=persons, days=5, seed=3, shared_device_share=0.1, consent_opt_out_share=0.0)
+    generator = StreamGenerator(config)
     source = tmp_path / "stream.jsonl"
     source.write_text("\n".join(generator.lines()) + "\n", encoding="utf-8")
     return source, truth_for_salt(generator.truth(), SALT)

@@ -21,7 +21,7 @@ from typing import Any
 
 from transforms.currencies import normalize_currency
 from transforms.dead_letters import DeadLetter, Reason, Rejection
-from transforms.events import EVENT_TYPES, TRANSACTION_TYPES, Event
+from transforms.events import INPUT_TYPES, TRANSACTION_TYPES, Event
 from transforms.identifiers import hash_email, normalize_email, normalize_identifier
 from transforms.timestamps import check_event_time, parse_event_time
 
@@ -200,7 +200,7 @@ class Cleaner:
             raise Rejection(Reason.MALFORMED, None, f"record nests deeper than {MAX_NESTING} levels")
         event_id = _text(record, "event_id", required=True)
         event_type = _text(record, "type", required=True)
-        if event_type not in EVENT_TYPES:
+        if event_type not in INPUT_TYPES:
             raise Rejection(Reason.UNKNOWN_EVENT_TYPE, "type", f"unknown event type {event_type!r}")
         if record.get("ts") is None:
             raise Rejection(Reason.MISSING_FIELD, "ts", "ts is required")

@@ -10,14 +10,17 @@ Every key is documented in the README. Unknown keys are errors, so a typo never 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from online_models import DAY_MS, MODELS, Models, ModelSettings, build_model
 from transforms.cleaning import CleaningConfig
 from transforms.customer import CustomerLogic, StreamConfig
 from transforms.engagement import DEFAULT_WEIGHTS, EngagementConfig
@@ -41,11 +44,18 @@ _TOP_KEYS = {
     "engagement",
     "rfm",
     "identity",
+    "models",
 }
 _IDENTITY_LIMITS = ("max_user_ids_per_identifier", "max_anonymous_ids_per_identifier", "max_identifiers_per_customer")
 _CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes"}
 _STREAM_KEYS = {"max_out_of_orderness", "allowed_lateness", "dedup_horizon"}
 _ENGAGEMENT_KEYS = {"weights", "half_life", "saturation"}
+_MODEL_DURATIONS = {
+    "refresh": "refresh_ms",
+    "snapshot_every": "snapshot_every_ms",
+    "churn_snapshot_every": "churn_snapshot_every_ms",
+}
+_MODEL_COUNTS = ("max_pending", "validation_window", "publish_every")
 _WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -62,10 +72,12 @@ class JobConfig:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)  # subscribers (transforms/subscribers.py)
     profile: ProfileConfig = field(default_factory=ProfileConfig)  # windows, sessions, engagement
     identity: IdentityConfig | None = None  # identity stitching (None: every event's own customer key)
+    models: ModelSettings | None = None  # churn and propensity models (None: off)
 
     def logic(self) -> CustomerLogic:
         """The per-customer core this configuration describes (one per worker)."""
-        return CustomerLogic(self.rules, self.stream, self.profile)
+        models = Models(self.models) if self.models is not None else None
+        return CustomerLogic(self.rules, self.stream, self.profile, models=models)
 
 
 def _section(document: Mapping[str, object], name: str, allowed: set[str]) -> Mapping[str, object]:
@@ -92,7 +104,8 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
     unknown = set(document) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"config: unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
-    profile = _profile(document)
+    models = _models(document)
+    profile = dataclasses.replace(_profile(document), scores=models is not None)
     try:
         rules = parse_rules(document, ProfileModel(profile).kind)
     except RuleError as error:
@@ -127,7 +140,47 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
         webhooks=webhooks,
         profile=profile,
         identity=_identity(document),
+        models=models,
     )
+
+
+def _models(document: Mapping[str, object]) -> ModelSettings | None:
+    allowed = {"enabled", "name", "params", "churn_days", "propensity_days", *_MODEL_DURATIONS, *_MODEL_COUNTS}
+    section = _section(document, "models", allowed)
+    enabled = section.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("config: models.enabled must be true or false")
+    defaults = ModelSettings()
+    name = section.get("name", defaults.model)
+    if name not in MODELS:
+        raise ConfigError(f"config: models.name: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    params = section.get("params", {})
+    if not isinstance(params, Mapping):
+        raise ConfigError("config: models.params must be a mapping of the model's parameters")
+    try:
+        build_model(str(name), dict(params))
+    except ValueError as error:
+        raise ConfigError(f"config: models.params: {error}") from None
+    settings: dict[str, Any] = {"model": str(name), "params": dict(params)}
+    for key in ("churn_days", "propensity_days"):
+        days = section.get(key, getattr(defaults, key))
+        if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
+            raise ConfigError(f"config: models.{key} must be a positive number of days")
+        settings[key] = days
+    for key, field_name in _MODEL_DURATIONS.items():
+        settings[field_name] = _duration(section, key, "models", getattr(defaults, field_name))
+        if settings[field_name] <= 0 and key != "refresh":
+            raise ConfigError(f"config: models.{key} must be positive")
+    for key in _MODEL_COUNTS:
+        value = section.get(key, getattr(defaults, key))
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"config: models.{key} must be a positive integer")
+        settings[key] = value
+    for task in ("churn", "propensity"):
+        horizon = round(settings[f"{task}_days"] * DAY_MS)
+        if horizon < (settings["churn_snapshot_every_ms"] if task == "churn" else settings["snapshot_every_ms"]):
+            raise ConfigError(f"config: models.{task}_days must be at least its snapshot interval")
+    return ModelSettings(**settings) if enabled else None
 
 
 def _identity(document: Mapping[str, object]) -> IdentityConfig | None:

@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from online_models import Models, PendingLabels
 from transforms.changes import SegmentChange, change_id
 from transforms.dead_letters import DeadLetter, Reason
 from transforms.events import EVENT_TYPES, Event
 from transforms.features import Features
-from transforms.profile import ProfileConfig, ProfileModel, ProfileState
+from transforms.model_features import model_features
+from transforms.privacy import FORGET, Forget, PrivacyLogic
+from transforms.profile import SCORE_FEATURES, ProfileConfig, ProfileModel, ProfileState
 from transforms.rfm import Population
 from transforms.rules import RuleSet
 
 MAX_IDENTIFIERS_PER_KIND = 20
+SCORE_WRITE_DELTA = 0.01  # a refresh writes the profile again when a score moved at least this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +63,26 @@ class CustomerState:
     rule_wake: int | None = None  # the earliest of segment_wakes
     segment_wakes: dict[str, int] = field(default_factory=dict)  # segment -> when it may next flip
     rules_version: str | None = None  # the rule set the segments were last evaluated with
+    labels: dict[str, PendingLabels] | None = None  # the models' pending snapshots (models on)
+    model_wake: int | None = None  # when a pending label falls due or the scores are refreshed
+    scores: dict[str, float | None] | None = None  # the model scores of the last profile rendered
+    consent: bool = True  # consent.personalization: granted until an event revokes it (transforms.privacy)
 
     @property
     def features(self) -> Features:
         return self.profile.features
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Unpickle, giving fields that a snapshot of an older version lacks their defaults."""
+        values = state[1]
+        for spec in fields(self):
+            if spec.name in values:
+                value = values[spec.name]
+            elif spec.default_factory is not MISSING:
+                value = spec.default_factory()
+            else:
+                value = spec.default
+            object.__setattr__(self, spec.name, value)
 
 
 @dataclass(slots=True)
@@ -83,9 +103,12 @@ class Step:
     remaining: list[Event] = field(default_factory=list)
     wake: int | None = None
     touched: bool = False  # the profile changed (an event applied or a segment changed)
+    no_consent: list[Event] = field(default_factory=list)  # accepted, not profiled: no consent
+    revocations: int = 0  # customers whose consent this step revoked
+    forgotten: list[Forget] = field(default_factory=list)  # customers erased by forget events
 
 
-class CustomerLogic:
+class CustomerLogic(PrivacyLogic):
     """Stateless behaviour over :class:`CustomerState` values."""
 
     def __init__(
@@ -94,10 +117,16 @@ class CustomerLogic:
         config: StreamConfig,
         profile: ProfileConfig | None = None,
         population: Population | None = None,
+        models: Models | None = None,
     ) -> None:
         self.rules = rules
         self.config = config
-        self.model = ProfileModel(profile or ProfileConfig(), population)
+        self.model = ProfileModel(profile or ProfileConfig(), population, models)
+        self.models = models
+        # Segments whose rules read a model score: their changes have reason "model".
+        self.scored = frozenset(
+            name for name, condition in rules.segments.items() if condition.inputs() & set(SCORE_FEATURES)
+        )
         # The segments an event of each type may affect: only these are evaluated again after it.
         self.affected = {
             kind: frozenset(
@@ -107,6 +136,13 @@ class CustomerLogic:
             )
             for kind in EVENT_TYPES
         }
+
+    def use_models(self, models: Models) -> bool:
+        """Continue from ``models`` (restored state) if they have this job's settings; True if taken."""
+        if self.models is None or models.settings != self.models.settings:
+            return False
+        self.models = self.model.models = models
+        return True
 
     def new_state(self, customer_id: str) -> CustomerState:
         return CustomerState(customer_id, rules_version=self.rules.version)
@@ -144,12 +180,15 @@ class CustomerLogic:
             total.accepted += step.accepted
             total.duplicates += step.duplicates
             total.touched = total.touched or step.touched
+            total.no_consent += step.no_consent
+            total.revocations += step.revocations
+            total.forgotten += step.forgotten
             total.remaining, total.wake = step.remaining, step.wake
         return total
 
     def next_wake(self, state: CustomerState) -> int | None:
         """The customer's next timer with no pending event: a rule's flip or the state's expiry."""
-        wakes = [t for t in (state.rule_wake, self._expires_at(state)) if t is not None]
+        wakes = [t for t in (state.rule_wake, state.model_wake, self._expires_at(state)) if t is not None]
         return min(wakes, default=None)
 
     def late_letter(self, event: Event) -> DeadLetter:
@@ -195,11 +234,19 @@ class CustomerLogic:
         if now is not None:
             self._evaluate(other, now, from_timer=False, step=step, reason="merge", leave=True)
         self.model.merge(into.profile, other.profile)
+        if self.models is not None and other.labels is not None:
+            if into.labels is None:
+                into.labels = other.labels
+            else:
+                self.models.learn(self.models.merge(into.labels, other.labels))
+            into.model_wake = self._next_model_wake(into, now)
         for kind, values in other.identifiers.items():
             for value in values:
                 self._remember(into, kind, value)
         seen = other.recent_event_ids | into.recent_event_ids
         into.recent_event_ids = dict(sorted(seen.items(), key=lambda item: item[1]))
+        if not (into.consent and other.consent):  # one of them said no: so does the merged customer
+            self._revoke(into, now, step)
         into.clock = now
         if now is not None:
             self._evaluate(into, now, from_timer=False, step=step, reason="merge")
@@ -222,6 +269,7 @@ class CustomerLogic:
         for i, event in enumerate(due):
             self._fire_rule_timers(state, min(event.ts, to_ts), step)
             now = max(event.ts, floor)
+            first = first or state.features.last_seen is None  # new, or cleared by privacy
             if self._apply(state, event, now, step):
                 kinds.add(event.type)
             # Rules see all events of one millisecond at once (an invoice's lines, say).
@@ -232,7 +280,7 @@ class CustomerLogic:
         previous, state.clock = state.clock, to_ts if state.clock is None else max(state.clock, to_ts)
         self._expire(state, previous)
         wakes = [e.ts for e in step.remaining]
-        for wake in (state.rule_wake, self._expires_at(state)):
+        for wake in (state.rule_wake, state.model_wake, self._expires_at(state)):
             if wake is not None:
                 wakes.append(wake)
         step.wake = min(wakes, default=None)
@@ -246,17 +294,68 @@ class CustomerLogic:
         if seen is not None and seen >= now - self.config.dedup_horizon_ms:
             step.duplicates.append(event)
             return False
+        if event.type == FORGET:
+            self._forget(state, event, now, step)
+            return False
+        if not self._consented(state, event, now, step):
+            return False
         state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
         self.model.add(state.profile, event)
+        if self.models is not None:
+            self._observe(state, event, now)
         self.remember_identifiers(state, event)
         step.accepted.append(event)
         step.touched = True
         return True
 
     def _fire_rule_timers(self, state: CustomerState, until: int, step: Step) -> None:
-        while state.rule_wake is not None and state.rule_wake <= until:
-            self._evaluate(state, state.rule_wake, from_timer=True, step=step, kinds=())
+        """Fire the rule and model timers due by ``until``, in event-time order."""
+        while True:
+            due = [t for t in (state.rule_wake, state.model_wake) if t is not None and t <= until]
+            if not due:
+                return
+            now = min(due)
+            if state.model_wake == now:
+                self._model_timer(state, now, step)
+            if state.rule_wake == now:
+                self._evaluate(state, now, from_timer=True, step=step, kinds=())
+
+    def _observe(self, state: CustomerState, event: Event, now: int) -> None:
+        """The models' part of an applied event: labels a purchase decides, a feature snapshot."""
+        assert self.models is not None
+        if state.labels is None:
+            state.labels = self.models.new_pending()
+        profile = state.profile
+        examples = self.models.observe(state.labels, lambda: model_features(self.model, profile, now), event.type, now)
+        if examples:
+            self.models.learn(examples)
+        wake = state.model_wake
+        # A wake still ahead stays right (the next refresh boundary, or the first snapshot's due time,
+        # which only a purchase's examples move) unless the refreshes had stopped.
+        if examples or wake is None or wake <= now or wake - now > self.models.settings.refresh_ms:
+            state.model_wake = self._next_model_wake(state, now)
+
+    def _model_timer(self, state: CustomerState, now: int, step: Step) -> None:
+        """Label the snapshots whose horizon passed (the models learn them), snapshot the features of
+        a silent customer (so the models see recency grow); the scores move on."""
+        assert self.models is not None and state.labels is not None
+        self.models.learn(self.models.expire(state.labels, now))
+        profile = state.profile
+        self.models.observe(state.labels, lambda: model_features(self.model, profile, now), "refresh", now)
+        state.model_wake = self._next_model_wake(state, now)
+        if state.scores is None or any(
+            abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= SCORE_WRITE_DELTA
+            for name, value in self.model.scores(profile, now).items()
+        ):
+            step.touched = True  # the profile is written again with the scores as of now
+
+    def _next_model_wake(self, state: CustomerState, now: int) -> int | None:
+        """The next pending label's due time or score refresh, whichever comes first."""
+        assert self.models is not None
+        due = None if state.labels is None else self.models.next_due(state.labels)
+        wakes = [t for t in (due, self.model.next_score_refresh(state.profile, now)) if t is not None]
+        return min(wakes, default=None)
 
     def _evaluate(
         self,
@@ -271,6 +370,8 @@ class CustomerLogic:
         """Evaluate the segments that may have changed at ``now``: those whose timer is due and
         those the applied event types (``kinds``) affect; every segment when ``kinds`` is None.
         ``reason`` overrides the changes' reason; ``leave`` exits every segment."""
+        if not state.consent and not leave:
+            return  # without consent: in no segment
         wakes = state.segment_wakes
         if leave:
             names = set(state.segments)
@@ -292,7 +393,7 @@ class CustomerLogic:
                 continue
             entered = holds
             kind = "entered" if entered else "exited"
-            why = reason or ("expiry" if from_timer and not entered else "rule")
+            why = reason or ("model" if segment in self.scored else "expiry" if from_timer and not entered else "rule")
             state.seq += 1
             step.changes.append(
                 SegmentChange(
@@ -349,15 +450,18 @@ class CustomerLogic:
         return max(last + keep + self.config.allowed_lateness_ms + 1, (state.clock or last) + 1)
 
     def profile(self, state: CustomerState) -> dict[str, Any]:
-        """The customer's profile as readers see it (Redis and ``--profiles-out``)."""
-        return {
+        """The customer's profile as readers see it (Redis and ``--profiles-out``); remembers the
+        scores it shows (a score refresh writes the profile again only when they moved)."""
+        profile = {
             "customer_id": state.customer_id,
             "identifiers": {kind: list(values) for kind, values in sorted(state.identifiers.items())},
             "segments": sorted(state.segments),
             "seq": state.seq,
+            "consent": "granted" if state.consent else "revoked",
             **self.model.render(state.profile, state.clock),
-            "churn_score": None,
-            "propensity_score": None,
             "as_of": state.clock,
             "rules_version": self.rules.version,
         }
+        if self.models is not None:
+            state.scores = {name: profile[name] for name in SCORE_FEATURES}
+        return profile

@@ -9,7 +9,9 @@ CLICKSTREAM_TYPES = frozenset(
     {"page_view", "product_view", "add_to_cart", "remove_from_cart", "checkout", "login", "identify"}
 )
 TRANSACTION_TYPES = frozenset({"purchase", "refund"})
-EVENT_TYPES = CLICKSTREAM_TYPES | TRANSACTION_TYPES
+EVENT_TYPES = CLICKSTREAM_TYPES | TRANSACTION_TYPES  # the types that are profiled
+FORGET = "forget"  # a clickstream request to erase the customer (transforms.privacy); never profiled, so
+INPUT_TYPES = EVENT_TYPES | {FORGET}  # not in EVENT_TYPES, whose order lays out the window panes
 IDENTIFIER_FIELDS = ("user_id", "email", "device_id", "anonymous_id")  # in canonical priority order
 
 

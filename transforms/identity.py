@@ -345,6 +345,31 @@ class IdentityGraph:
         group.ts = first
         return group
 
+    # -- erasure ---------------------------------------------------------------------------------------------
+
+    def forget(self, customer_id: str) -> int:
+        """Remove the customer holding ``customer_id`` (its canonical id or any member) and every trace of its
+        identifiers (shared marks, link counts, user ids seen beside other identifiers); return how many
+        identifiers were removed. The identifiers are unknown afterwards: a later event starts a new customer."""
+        v = self._node.get(customer_id)
+        if v is None:
+            return 0
+        keys = list(v.members) if type(v) is _Group else [customer_id]
+        for key in keys:
+            del self._node[key]
+            self._shared.discard(key)
+            self._anon_links.pop(key, None)
+            self._users_seen.pop(key, None)
+        gone = set(keys)
+        for key, users in list(self._users_seen.items()):
+            kept = tuple(u for u in users if u not in gone)
+            if len(kept) != len(users):
+                if kept:
+                    self._users_seen[key] = kept
+                else:
+                    del self._users_seen[key]
+        return len(keys)
+
     # -- state -----------------------------------------------------------------------------------------------
 
     def __getstate__(self) -> tuple[Any, ...]:

@@ -7,7 +7,9 @@ Names (``kind``: time features are epoch ms, the rest numbers):
 - windows: ``window.<name>.<metric>`` (see :mod:`transforms.windows`);
 - ``engagement_score`` (see :mod:`transforms.engagement`);
 - RFM: ``rfm.recency``, ``rfm.frequency``, ``rfm.monetary`` (quintile scores 1..5 against the
-  current population of buyers, 0 before a first purchase; see :mod:`transforms.rfm`).
+  current population of buyers, 0 before a first purchase; see :mod:`transforms.rfm`);
+- model scores (with the models on): ``churn_score``, ``propensity_score`` (probabilities 0..1 of
+  the online models in :mod:`online_models`, computed when read).
 
 >>> from transforms.windows import WindowSpec
 >>> model = ProfileModel(ProfileConfig(windows=(WindowSpec("1d", 86_400_000, 3_600_000),)))
@@ -21,15 +23,20 @@ ValueError: unknown window '7d' in 'window.7d.sessions' (configured: 1d)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transforms.engagement import EngagementConfig, EngagementModel, Points
 from transforms.events import Event
 from transforms.features import NUMERIC_FEATURES, TIME_FEATURES, Features
+from transforms.model_features import model_features
 from transforms.rfm import RFM_FEATURES, Population, RfmKey
 from transforms.windows import METRICS, Activity, WindowSet, WindowSpec
 
+if TYPE_CHECKING:
+    from online_models import Models
+
 DAY = 86_400_000
+SCORE_FEATURES = ("churn_score", "propensity_score")
 ONLY_FALL = METRICS - {"spend", "session_minutes"}  # window metrics that never rise without an event
 _MISSING = object()
 DEFAULT_WINDOWS = (
@@ -46,6 +53,7 @@ class ProfileConfig:
     session_gap_ms: int = 30 * 60_000
     engagement: EngagementConfig = field(default_factory=EngagementConfig)
     rfm_refresh_ms: int = DAY  # RFM-based segments are evaluated again at least this often
+    scores: bool = False  # the models are on: rules may read churn_score and propensity_score
 
 
 @dataclass(slots=True)
@@ -61,8 +69,11 @@ class ProfileState:
 class ProfileModel:
     """Behaviour over :class:`ProfileState`: fold events in, read features, render the profile."""
 
-    def __init__(self, config: ProfileConfig, population: Population | None = None) -> None:
+    def __init__(
+        self, config: ProfileConfig, population: Population | None = None, models: Models | None = None
+    ) -> None:
         self.config = config
+        self.models = models
         self.windows = WindowSet(config.windows, config.session_gap_ms)
         self.engagement = EngagementModel(config.engagement)
         self.population = population if population is not None else Population()
@@ -73,6 +84,10 @@ class ProfileModel:
         if name in TIME_FEATURES:
             return "time"
         if name in NUMERIC_FEATURES or name in RFM_FEATURES or name == "engagement_score":
+            return "number"
+        if name in SCORE_FEATURES:
+            if not self.config.scores:
+                raise ValueError(f"{name!r} needs the models: set models.enabled to true")
             return "number"
         head, _, rest = name.partition(".")
         if head == "window":
@@ -95,6 +110,8 @@ class ProfileModel:
                 parsed = (head, window, metric, metric in ONLY_FALL)
             elif head == "rfm":
                 parsed = (head, "", rest, False)
+            elif name in SCORE_FEATURES:
+                parsed = ("score", "", name, False)
             else:
                 parsed = (name if name == "engagement_score" else "lifetime", "", "", name == "engagement_score")
             self._parsed[name] = parsed
@@ -140,11 +157,30 @@ class ProfileModel:
         into.rfm = self.population.move(into.rfm, into.features)
         return into
 
+    def next_score_refresh(self, state: ProfileState, now: int) -> int | None:
+        """When scores are next recomputed without an event (None: the models are off, or the
+        customer has been silent for the churn horizon and their refreshes stopped)."""
+        if self.models is None:
+            return None
+        settings = self.models.settings
+        last = state.features.last_seen
+        if not settings.refresh_ms or last is None or now >= last + settings.churn_horizon_ms:
+            return None
+        return (now // settings.refresh_ms + 1) * settings.refresh_ms
+
     def view(self, state: ProfileState, now: int) -> FeatureView:
         return FeatureView(self, state, now)
 
     def prune(self, state: ProfileState, horizon: int) -> None:
         self.windows.prune(state.activity, horizon)
+
+    def scores(self, state: ProfileState, now: int) -> dict[str, float | None]:
+        """``churn_score`` and ``propensity_score`` as of ``now`` (None with the models off or before
+        the customer's first event)."""
+        if self.models is None or state.features.last_seen is None:
+            return dict.fromkeys(SCORE_FEATURES)
+        scores = self.models.score_clean(model_features(self, state, now))
+        return {name: round(value, 6) for name, value in scores.items()}
 
     def render(self, state: ProfileState, now: int | None) -> dict[str, Any]:
         """The readable part of a profile (Redis and ``--profiles-out``)."""
@@ -154,6 +190,7 @@ class ProfileModel:
             "windows": {name: self.windows.result(state.activity, name, at) for name in self.windows.specs},
             "engagement_score": round(self.engagement.score(state.points, at), 2),
             "rfm": self.population.scores(state.rfm),
+            **self.scores(state, at),
         }
 
 
@@ -180,6 +217,10 @@ class FeatureView:
             return self.model.engagement.score(self.state.points, self.now)
         if head == "rfm":
             return self.model.population.scores(self.state.rfm)[metric]
+        if head == "score":
+            if "scores" not in self._cache:
+                self._cache["scores"] = self.model.scores(self.state, self.now)  # type: ignore[assignment]
+            return self._cache["scores"][name]  # type: ignore[index]
         return self.state.features.value(name)
 
     def next_change(self, name: str, op: str, threshold: float, holds: bool) -> int | None:
@@ -188,6 +229,8 @@ class FeatureView:
         if head == "rfm":  # ranks move with the population: look again at the next refresh boundary
             refresh = self.model.config.rfm_refresh_ms
             return (self.now // refresh + 1) * refresh if self.state.rfm is not None else None
+        if head == "score":  # scores move with time and the models: look again at the next refresh
+            return self.model.next_score_refresh(self.state, self.now)
         if head not in ("window", "engagement_score"):
             return None
         # With no new event these only fall: "> x" can only flip while it holds, "< x" while it does not.

@@ -47,8 +47,10 @@ class RunCounts:
         out = self.totals["accepted"] + self.totals["duplicates"] + sum(self.dead_letters.values())
         return self.totals["events_in"] == out
 
-    def summary(self, seconds: float, engine: str, rules_version: str) -> dict[str, Any]:
-        """The run summary (Avro ``RunSummary``)."""
+    def summary(
+        self, seconds: float, engine: str, rules_version: str, models: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The run summary (Avro ``RunSummary``); ``models``: per task, the model and its validation."""
         by_segment: dict[str, dict[str, int]] = {}
         for (segment, change), n in sorted(self.changes.items()):
             by_segment.setdefault(segment, {"entered": 0, "exited": 0})[change] = n
@@ -57,6 +59,9 @@ class RunCounts:
             "events_in": events_in,
             "accepted": self.totals["accepted"],
             "duplicates": self.totals["duplicates"],
+            "no_consent": self.totals["no_consent"],  # of the accepted: not profiled (transforms.privacy)
+            "forgets": self.totals["forgets"],
+            "consent_revocations": self.totals["consent_revocations"],
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "customers": self.totals["customers"],
             "segment_changes": by_segment,
@@ -64,4 +69,5 @@ class RunCounts:
             "events_per_second": round(events_in / seconds, 1) if seconds > 0 else 0.0,
             "engine": engine,
             "rules_version": rules_version,
+            "models": models,
         }

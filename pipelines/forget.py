@@ -1,0 +1,354 @@
+"""The right to erasure outside the core: Redis, JSONL outputs, the stored engine state, receipts.
+
+A forget (a ``forget`` event processed by the core engine, or ``segstream forget``) removes, in one
+atomic Lua script (:data:`FORGET_SCRIPT`), everything Redis holds about the customer and the
+customers absorbed into it (aliases): the profile hashes, the identifier index entries, segment
+memberships, the change-stream entries (changes and identity-merge records), the dead letters whose
+payload carries one of its identifiers, and its queued and dead-lettered webhook deliveries. It
+keeps only the customer's exits with reason ``forget``: they are the notification downstream (in the
+change stream, the webhook queues and ``--changes-out``) and the one place its id remains.
+
+JSONL outputs are rewritten atomically without the customer's lines (:func:`scrub_jsonl`, same rule).
+Every forget leaves a :class:`transforms.privacy.DeletionReceipt` in ``{prefix}:receipts`` (and in
+``--receipts-out``): counts only, and a salted hash of the customer id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pipelines.redis_store import RedisSink, retrying
+from pipelines.snapshot_store import SnapshotStore
+from transforms.changes import SegmentChange, change_id
+from transforms.features import Features
+from transforms.identifiers import hash_email, normalize_email, normalize_identifier
+from transforms.identity import KIND_PREFIX
+from transforms.privacy import DeletionReceipt, customer_ref, key_identifier
+
+RECEIPTS_MAXLEN = 1_000_000
+CLI_KINDS = {"user": "user_id", "email": "email", "anon": "anonymous_id", "device": "device_id"}
+COUNTED = ("redis_keys", "identifier_index", "segment_memberships", "stream_entries", "dead_letters", "deliveries")
+
+# ARGV: prefix, customer id, then the customer's identifiers as "kind:value" (kind as in events: user_id ...).
+# Returns the counts of COUNTED, then the customer ids erased (the customer and its aliases).
+FORGET_SCRIPT = """
+local prefix, cid = ARGV[1], ARGV[2]
+local idents = {}
+for i = 3, #ARGV do idents[ARGV[i]] = true end
+local heads = {user_id = 'user:', email = 'email:', device_id = 'device:', anonymous_id = 'anon:'}
+local ids, order = {[cid] = true}, {cid}
+local grown = true
+while grown do  -- aliases: absorbed profiles pointing at the customer or at one of its aliases
+  grown = false
+  for ident, _ in pairs(idents) do
+    local kind, value = string.match(ident, '^([^:]+):(.*)$')
+    local alias = heads[kind] and (heads[kind] .. value)
+    if alias and not ids[alias] then
+      local into = redis.call('HGET', prefix .. ':profile:' .. alias, 'merged_into')
+      if into and ids[into] then ids[alias] = true; table.insert(order, alias); grown = true end
+    end
+  end
+end
+local n = {keys = 0, index = 0, members = 0, entries = 0, letters = 0, deliveries = 0}
+local function scan(pattern, each)
+  local cursor = '0'
+  repeat
+    local page = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do each(key) end
+  until cursor == '0'
+end
+local function fields(entry)
+  local t = {}
+  for i = 1, #entry, 2 do t[entry[i]] = entry[i + 1] end
+  return t
+end
+local function each_entry(stream, drop)  -- XDEL the entries drop(fields) says; returns how many
+  local removed, from = 0, '-'
+  while true do
+    local page = redis.call('XRANGE', stream, from, '+', 'COUNT', 1000)
+    if #page == 0 then return removed end
+    for _, e in ipairs(page) do
+      if drop(fields(e[2])) then redis.call('XDEL', stream, e[1]); removed = removed + 1 end
+    end
+    from = '(' .. page[#page][1]
+  end
+end
+local function decode(text)
+  local ok, value = pcall(cjson.decode, text or '')
+  if ok and type(value) == 'table' then return value end
+  return nil
+end
+local function not_forget_exit(body)
+  local change = decode(body)
+  return not (change and change.reason == 'forget')
+end
+for _, id in ipairs(order) do
+  n.keys = n.keys + redis.call('DEL', prefix .. ':profile:' .. id)
+end
+local index = prefix .. ':identifiers'
+for ident, _ in pairs(idents) do n.index = n.index + redis.call('HDEL', index, ident) end
+local cursor = '0'
+repeat
+  local page = redis.call('HSCAN', index, cursor, 'COUNT', 1000)
+  cursor = page[1]
+  for i = 1, #page[2], 2 do
+    if ids[page[2][i + 1]] then n.index = n.index + redis.call('HDEL', index, page[2][i]) end
+  end
+until cursor == '0'
+scan(prefix .. ':segment:*', function(key)
+  if redis.call('TYPE', key).ok == 'set' then
+    for _, id in ipairs(order) do n.members = n.members + redis.call('SREM', key, id) end
+  end
+end)
+n.entries = each_entry(prefix .. ':changes', function(f)
+  if f.change then
+    local change = decode(f.change)
+    return change ~= nil and ids[change.customer_id] == true and change.reason ~= 'forget'
+  end
+  local merge = decode(f.merge)
+  if merge == nil then return false end
+  if ids[merge.customer_id] then return true end
+  for _, absorbed in ipairs(merge.absorbed or {}) do if ids[absorbed] then return true end end
+  return false
+end)
+n.letters = each_entry(prefix .. ':dead_letters', function(f)
+  local letter = decode(f.dead_letter)
+  local record = letter and decode(letter.payload)
+  if record == nil then return false end
+  for kind, _ in pairs(heads) do
+    local v = record[kind]
+    local known = (type(v) == 'string' or type(v) == 'number') and string.match(tostring(v), '^%s*(.-)%s*$')
+    if known and idents[kind .. ':' .. known] then return true end
+  end
+  return false
+end)
+scan(prefix .. ':webhooks:*', function(key)
+  if (string.sub(key, -6) == ':queue' or string.sub(key, -5) == ':dead') and redis.call('TYPE', key).ok == 'stream' then
+    n.deliveries = n.deliveries + each_entry(key, function(f)
+      return ids[f.customer_id] == true and not_forget_exit(f.body)
+    end)
+  end
+end)
+local out = {n.keys, n.index, n.members, n.entries, n.letters, n.deliveries}
+for _, id in ipairs(order) do table.insert(out, id) end
+return out
+"""
+
+
+def receipts_key(prefix: str) -> str:
+    return f"{prefix}:receipts"
+
+
+def mentions(record: Any, customer_ids: set[str], identifiers: set[str]) -> bool:
+    """Whether an output record is about the customer (the rule of :data:`FORGET_SCRIPT`): a change of
+    theirs other than a ``forget`` exit, an identity merge or profile naming them, a dead letter whose
+    payload carries one of their identifiers."""
+    if not isinstance(record, dict):
+        return False
+    if record.get("kind") == "identity_merge":
+        return record.get("customer_id") in customer_ids or any(a in customer_ids for a in record.get("absorbed", []))
+    if "customer_id" in record:
+        return record["customer_id"] in customer_ids and record.get("reason") != "forget"
+    payload = record.get("payload")
+    try:
+        event = json.loads(payload) if isinstance(payload, str) else None
+    except ValueError:
+        return False
+    if not isinstance(event, dict):
+        return False
+    return any(
+        isinstance(value, str | int | float) and f"{kind}:{str(value).strip()}" in identifiers
+        for kind in KIND_PREFIX
+        if (value := event.get(kind)) is not None
+    )
+
+
+def scrub_jsonl(path: Path, customer_ids: set[str], identifiers: set[str]) -> int:
+    """Rewrite ``path`` without the lines about the customer (atomically: a new file replaces it);
+    return how many lines went."""
+    if not path.exists():
+        return 0
+    removed = 0
+    handle, tmp = tempfile.mkstemp(prefix=".forget-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out, path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if mentions(record, customer_ids, identifiers):
+                    removed += 1
+                else:
+                    out.write(line)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return removed
+
+
+@dataclass
+class Erasure:
+    """What one forget removed, by kind (the receipt's ``removed``), and the customer ids erased."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    customer_ids: set[str] = field(default_factory=set)
+
+    def add(self, kind: str, n: int) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + n
+
+
+class Eraser:
+    """Runs :data:`FORGET_SCRIPT` and writes receipts, for the sink and for ``segstream forget``."""
+
+    def __init__(self, client: redis.Redis, prefix: str, salt: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.salt = salt
+        self._script = client.register_script(FORGET_SCRIPT)
+
+    def redis(self, customer_id: str, identifiers: Iterable[tuple[str, str]], erasure: Erasure) -> None:
+        """Erase the customer from Redis (one atomic script); add the counts and ids to ``erasure``."""
+        args = [self.prefix, customer_id, *sorted({f"{kind}:{value}" for kind, value in identifiers})]
+        answer = retrying(lambda _: self._script(keys=[], args=args), "forget a customer")
+        for kind, n in zip(COUNTED, answer, strict=False):
+            erasure.add(kind, int(n))
+        erasure.customer_ids.update(value.decode() for value in answer[len(COUNTED) :])
+
+    def receipt(self, customer_id: str, requested_by: str, event_time: int | None, erasure: Erasure) -> DeletionReceipt:
+        """The receipt of a forget, appended to ``{prefix}:receipts``."""
+        receipt = DeletionReceipt(
+            customer_ref(customer_id, self.salt), requested_by, event_time, int(time.time() * 1000), erasure.counts
+        )
+        body = json.dumps(receipt.to_dict())
+        retrying(
+            lambda _: self.client.xadd(
+                receipts_key(self.prefix), {"receipt": body}, maxlen=RECEIPTS_MAXLEN, approximate=True
+            ),
+            "write a deletion receipt",
+        )
+        return receipt
+
+
+def parse_identifier(text: str, salt: str) -> tuple[str, str]:
+    """``KIND:VALUE`` of ``segstream forget --identifier`` as an event identifier ``(kind, value)``; an
+    email in clear is normalized and hashed with ``salt`` as cleaning does. ValueError when malformed."""
+    head, _, value = text.partition(":")
+    kind = CLI_KINDS.get(head)
+    if kind is None or not value:
+        raise ValueError(f"--identifier {text!r}: expected KIND:VALUE with KIND one of {', '.join(CLI_KINDS)}")
+    if kind == "email" and "@" in value:
+        email = normalize_email(value)
+        if email is None:
+            raise ValueError(f"--identifier {text!r}: not a usable email address")
+        return kind, hash_email(email, salt)
+    clean = normalize_identifier(value)
+    if clean is None:
+        raise ValueError(f"--identifier {text!r}: a placeholder, never stored")
+    return kind, clean
+
+
+def forget_stored(store: SnapshotStore, customer_id: str, erasure: Erasure) -> list[tuple[str, str]]:
+    """Remove a customer from the core engine's saved state (its snapshot, the identity graph, the RFM
+    population); return the identifiers it held."""
+    held: list[tuple[str, str]] = []
+    snapshot = store.get(customer_id)
+    if snapshot is not None:
+        held += [(kind, value) for kind, values in snapshot.state.identifiers.items() for value in values]
+        population = store.get_shared("population")
+        if population is not None and snapshot.state.profile.rfm is not None:
+            population.move(snapshot.state.profile.rfm, Features())
+            store.put_shared("population", population)
+        store.delete(customer_id)
+        erasure.add("state_entries", 1)
+    graph = store.get_shared("identity")
+    if graph is not None:
+        held += graph.members(customer_id)
+        erasure.add("identity_graph", graph.forget(customer_id))
+        store.put_shared("identity", graph)
+    store.commit()
+    return held
+
+
+def resolve(identifier: tuple[str, str], client: redis.Redis, prefix: str, store: SnapshotStore | None) -> str:
+    """The customer an identifier belongs to: the identity graph's canonical id, else the Redis
+    identifier index, else the customer the identifier alone makes (``user:u1``)."""
+    kind, value = identifier
+    graph = store.get_shared("identity") if store is not None else None
+    if graph is not None and (found := graph.lookup(kind, value)) is not None:
+        return found
+    owner = client.hget(f"{prefix}:identifiers", f"{kind}:{value}")
+    if owner is not None:
+        return owner.decode()
+    return f"{KIND_PREFIX[kind]}:{value}"
+
+
+def forget_exits(client: redis.Redis, prefix: str, customer_id: str) -> list[SegmentChange]:
+    """The exits (reason ``forget``) from the segments the customer's Redis profile holds, at its clock,
+    numbered after its last change: what a forget event would emit, for the command line."""
+    profile_json, change_seq = client.hmget(f"{prefix}:profile:{customer_id}", "profile", "change_seq")
+    if profile_json is None:
+        return []
+    profile = json.loads(profile_json)
+    seq = max(int(change_seq or 0), profile["seq"])
+    return [
+        SegmentChange(
+            change_id(customer_id, segment, "exited", seq + n), customer_id, segment, "exited", seq + n,
+            profile["as_of"] or 0, "forget", profile["rules_version"],
+        )
+        for n, segment in enumerate(sorted(profile["segments"]), start=1)
+    ]  # fmt: skip
+
+
+def forget_customers(
+    client: redis.Redis,
+    prefix: str,
+    salt: str,
+    identifiers: list[tuple[str, str]],
+    state_file: Path | None,
+    scrub: Iterable[Path] = (),
+    receipts_out: Path | None = None,
+) -> list[DeletionReceipt]:
+    """``segstream forget``: erase the customers of ``identifiers`` from Redis, the saved core state
+    (``state_file``, when it exists) and the ``scrub`` files; one receipt per customer."""
+    store = SnapshotStore(state_file) if state_file is not None and state_file.exists() else None
+    eraser = Eraser(client, prefix, salt)
+    receipts = []
+    try:
+        customers: dict[str, list[tuple[str, str]]] = {}
+        for identifier in identifiers:
+            customers.setdefault(resolve(identifier, client, prefix, store), []).append(identifier)
+        for customer_id, given in customers.items():
+            erasure = Erasure()
+            held = forget_stored(store, customer_id, erasure) if store is not None else []
+            own = key_identifier(customer_id)
+            known = {*given, *held, *([own] if own is not None else [])}
+            erasure.add("identifiers", len(known))
+            exits = forget_exits(client, prefix, customer_id)
+            if exits:
+                RedisSink(client, prefix).write(exits, [])
+            erasure.add("segments", len(exits))
+            eraser.redis(customer_id, known, erasure)
+            texts = {f"{kind}:{value}" for kind, value in known}
+            for path in scrub:
+                erasure.add("output_lines", scrub_jsonl(path, erasure.customer_ids, texts))
+            receipts.append(eraser.receipt(customer_id, "cli", None, erasure))
+    finally:
+        if store is not None:
+            store.close()
+    if receipts_out is not None:
+        receipts_out.parent.mkdir(parents=True, exist_ok=True)
+        with receipts_out.open("a", encoding="utf-8") as out:
+            out.writelines(json.dumps(r.to_dict()) + "\n" for r in receipts)
+    return receipts

@@ -1,0 +1,186 @@
+"""The online models inside the job: labels in event time, scores in profiles and rules, snapshots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from online_models import Example, ModelRegistry
+from pipelines.cli import main
+from tests.conftest import NOW_MS, read_jsonl
+from transforms.config import ConfigError, parse_config
+from transforms.customer import CustomerLogic
+from transforms.events import Event
+
+DAY = 86_400_000
+DEFAULT_CONFIG = Path(__file__).parents[1] / "transforms" / "default_config.yaml"
+T0 = 1_717_200_000_000 // DAY * DAY  # a midnight
+BUYER = {"buyer": {"feature": "orders", ">=": 1}}
+
+
+def logic_for(extra: dict[str, Any] | None = None, segments: dict[str, Any] | None = None) -> CustomerLogic:
+    document = {"segments": segments or BUYER, **(extra or {})}
+    return parse_config(document, env={}).logic()
+
+
+def purchase(n: int, ts: int, amount: float = 20.0) -> Event:
+    return Event(f"p{n}", "purchase", ts, user_id="u1", order_id=f"o{n}", amount=amount, currency="EUR")
+
+
+def view(n: int, ts: int) -> Event:
+    return Event(f"v{n}", "page_view", ts, user_id="u1")
+
+
+def test_a_purchase_labels_earlier_snapshots_and_the_timer_labels_the_rest() -> None:
+    logic = logic_for({"models": {"refresh": "1d"}})
+    models = logic.models
+    assert models is not None
+    state = logic.new_state("user:u1")
+    logic.advance(state, [view(1, T0 + 1000)], T0 + 1000)
+    assert state.labels is not None and len(state.labels["propensity"]) == len(state.labels["churn"]) == 1
+    logic.advance(state, [view(2, T0 + 2000)], T0 + 2000)  # the same day: no second snapshot
+    assert len(state.labels["propensity"]) == 1
+    # Silent days 1 and 2 were snapshotted by the daily refresh; the purchase labels all three days'
+    # propensity snapshots (positive) and the week's churn snapshot (negative).
+    logic.advance(state, [purchase(1, T0 + 3 * DAY)], T0 + 3 * DAY)
+    assert {task: m.n_updates for task, m in models.models.items()} == {"propensity": 3, "churn": 1}
+    assert models.validation["propensity"].pairs[-1][1] is True and models.validation["churn"].pairs[-1][1] is False
+    # The purchase day's snapshot waits 14 days for propensity, then the timer labels it negative.
+    step = logic.advance(state, [], T0 + 3 * DAY + 14 * DAY + 1)
+    assert models.models["propensity"].n_updates == 4 and models.validation["propensity"].pairs[-1][1] is False
+    assert step.touched  # the scores moved on: the profile is written again
+
+
+def test_pending_snapshots_stay_bounded_per_customer() -> None:
+    logic = logic_for()
+    state = logic.new_state("user:u1")
+    for day in range(200):  # an event every day, never a purchase
+        logic.advance(state, [view(day, T0 + day * DAY + 5)], T0 + day * DAY + 5)
+        assert state.labels is not None
+        assert len(state.labels["propensity"]) <= 15 and len(state.labels["churn"]) <= 13
+
+
+def test_profiles_carry_scores_that_rise_in_silence() -> None:
+    logic = logic_for()
+    models = logic.models
+    assert models is not None
+    for n in range(60):  # teach churn: silence predicts churn (snapshots on the silent days too)
+        quiet = logic.new_state(f"user:q{n}")
+        logic.advance(quiet, [view(n, T0)], T0)
+        logic.advance(quiet, [], T0 + 200 * DAY)
+        busy = logic.new_state(f"user:b{n}")
+        logic.advance(busy, [purchase(day, T0 + day * DAY) for day in range(0, 200, 3)], T0 + 200 * DAY)
+    state = logic.new_state("user:u1")
+    logic.advance(state, [purchase(1, T0 + 200 * DAY)], T0 + 200 * DAY)
+    soon = logic.profile(state)["churn_score"]
+    step = logic.advance(state, [], T0 + 260 * DAY)  # 60 silent days: refresh timers fired
+    later = logic.profile(state)["churn_score"]
+    assert 0.0 <= soon < later <= 1.0 and step.touched
+    assert 0.0 <= logic.profile(state)["propensity_score"] <= 1.0
+
+
+def test_a_rule_on_a_score_changes_with_reason_model() -> None:
+    logic = logic_for(segments={"at_risk": {"feature": "churn_score", ">": 0.5}})
+    models = logic.models
+    assert models is not None
+    silent, active = {"days_since_seen": 50.0, "tenure_days": 50.0}, {"days_since_seen": 0.0, "tenure_days": 0.0}
+    models.learn([Example("churn", x, y, 0, 0) for _ in range(3000) for x, y in ((silent, True), (active, False))])
+    state = logic.new_state("user:u1")
+    first = logic.advance(state, [view(1, T0)], T0)
+    assert first.changes == []
+    step = logic.advance(state, [], T0 + 40 * DAY)  # no event: the daily refresh re-evaluates the rule
+    assert [(c.segment, c.change, c.reason) for c in step.changes] == [("at_risk", "entered", "model")]
+    assert step.changes[0].scores["churn_score"] > 0.5 and step.changes[0].event_time % DAY == 0
+
+
+def test_scores_in_rules_need_the_models() -> None:
+    with pytest.raises(ConfigError, match=r"churn_score.*models\.enabled"):
+        parse_config({"segments": {"r": {"feature": "churn_score", ">": 0.5}}, "models": {"enabled": False}}, env={})
+    with pytest.raises(ConfigError, match="unknown model 'svm'"):
+        parse_config({"segments": BUYER, "models": {"name": "svm"}}, env={})
+    with pytest.raises(ConfigError, match=r"models\.params"):
+        parse_config({"segments": BUYER, "models": {"params": {"nope": 1}}}, env={})
+    with pytest.raises(ConfigError, match="churn_days must be at least"):
+        parse_config({"segments": BUYER, "models": {"churn_days": 2}}, env={})
+    assert parse_config({"segments": BUYER, "models": {"enabled": False}}, env={}).logic().models is None
+
+
+def test_an_identity_merge_merges_pending_labels() -> None:
+    logic = logic_for()
+    into, other = logic.new_state("user:u1"), logic.new_state("anon:a1")
+    logic.advance(into, [view(1, T0)], T0)
+    logic.advance(other, [Event("a", "page_view", T0 + 2 * DAY, anonymous_id="a1")], T0 + 2 * DAY)
+    logic.absorb(into, other)
+    assert into.labels is not None
+    assert [ts for ts, _ in into.labels["propensity"].snapshots] == [T0, T0 + 2 * DAY]
+    week = 7 * DAY
+    assert into.model_wake == ((T0 + 2 * DAY) // week + 1) * week  # the next weekly refresh
+
+
+def run(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["run", "--engine", "core", "--no-progress", "--now", str(NOW_MS), *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def days_later(line: str, days: int = 20) -> str:
+    """A sample line moved ``days`` later in event time under a new event id (dirty lines as they are)."""
+    try:
+        record = json.loads(line)
+        record["ts"] += days * DAY
+        record["event_id"] = f"later-{record['event_id']}"
+    except (ValueError, KeyError, TypeError):
+        return line
+    return json.dumps(record) + "\n"
+
+
+def test_the_job_publishes_versioned_models_and_resume_continues_them(
+    sample_file: Path, redis_url: str, tmp_path: Path
+) -> None:
+    args = ["--source", str(sample_file), "--redis-url", redis_url, "--state-dir", str(tmp_path / "state"), "--resume",
+            "--summary-out", str(tmp_path / "summary.json"), "--profiles-out", str(tmp_path / "p.jsonl")]  # fmt: skip
+    run(*args)
+    first = json.loads((tmp_path / "summary.json").read_text())["models"]
+    assert first["propensity"]["n_updates"] > 0 and first["propensity"]["validation"]["n"] > 0
+    client = redis.Redis.from_url(redis_url)
+    registry = ModelRegistry(client, "segstream")
+    assert registry.latest_version("churn") is not None
+    assert registry.load("propensity").n_updates == first["propensity"]["n_updates"]
+    scores = [p["propensity_score"] for p in read_jsonl(tmp_path / "p.jsonl")]
+    assert all(0.0 <= s <= 1.0 for s in scores) and len(set(scores)) > 1
+    later = sample_file.with_name("later.jsonl")
+    later.write_text("".join(map(days_later, sample_file.read_text().splitlines(keepends=True))))
+    run(*[str(later) if a == str(sample_file) else a for a in args])
+    second = json.loads((tmp_path / "summary.json").read_text())["models"]
+    assert second["propensity"]["n_updates"] > first["propensity"]["n_updates"]  # continued, not restarted
+
+
+def test_horizon_options_reach_the_models(sample_file: Path, redis_url: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "--source", str(sample_file), "--engine", "core", "--redis-url", redis_url, "--churn-days", "3"]
+    )
+    assert result.exit_code == 2 and "models.churn_snapshot_every" in result.output
+    default = tmp_path / "default.json"
+    run("--source", str(sample_file), "--redis-url", redis_url, "--summary-out", str(default))
+    assert json.loads(default.read_text())["models"]["churn"]["validation"]["positive_rate"] in (0.0, None)
+    config = tmp_path / "c.yaml"
+    config.write_text(DEFAULT_CONFIG.read_text() + "\nmodels: {churn_snapshot_every: 1d}\n")
+    short = tmp_path / "short.json"
+    run("--source", str(sample_file), "--redis-url", redis_url, "--config", str(config), "--churn-days", "1",
+        "--summary-out", str(short), "--as-of", str(max_ts(sample_file) + 3 * DAY))  # fmt: skip
+    assert json.loads(short.read_text())["models"]["churn"]["validation"]["positive_rate"] > 0  # 1 day: churned
+
+
+def max_ts(path: Path) -> int:
+    stamps = []
+    for line in path.read_text().splitlines():
+        try:
+            stamps.append(int(json.loads(line)["ts"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return max(stamps)

@@ -1,0 +1,406 @@
+"""Secrets and personal data stay out of everything a run leaves behind.
+
+A real run (the command line in-process, logging at DEBUG) with a Redis password, a webhook
+signing secret and an email salt, over a stream whose records carry clear email addresses in every
+shape the job meets (accepted, rejected, late, not JSON, oversized, a JSON array, a non-text email).
+Then every byte the run produced is searched: stdout, stderr, every log record, the summary file,
+every output file, the webhook bodies received, every key and value in Redis and the metric labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+from click.testing import CliRunner
+from prometheus_client import generate_latest
+
+from pipelines.cli import main
+from pipelines.job import JobSpec
+from pipelines.metrics import METRICS
+from pipelines.webhook_receiver import WebhookReceiver
+from tests.conftest import NOW_MS, free_port, read_jsonl
+from tests.redis_tls import protected_redis
+from transforms.identifiers import hash_email
+from transforms.sample_stream import sample_lines
+
+REDIS_PASSWORD = "redis-Pw-4f1c9e2b7a"
+WEBHOOK_SECRET = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cy0xMjM0NTY3OA"
+SALT = "salt-Of-The-Test-8d2e5b"
+SECRETS = (REDIS_PASSWORD, urllib.parse.quote(REDIS_PASSWORD), WEBHOOK_SECRET, WEBHOOK_SECRET[len("whsec_") :], SALT)
+# Every clear address in the input: the sample stream's (userN@example.com) and the crafted ones below.
+CLEAR_EMAIL = re.compile(r"[\w.+-]+@(?:example\.com|privacy\.test)", re.IGNORECASE)
+BASE_TS = 1_748_800_000_000  # inside the sample stream's days
+
+
+def crafted_lines() -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Records with clear emails that take every path to an output (to put after the sample stream,
+    but for the "clock" record that goes before it: the late record is behind its clock); the JSON
+    ones by name."""
+    records = {
+        "accepted": {"event_id": "priv-1", "type": "page_view", "ts": BASE_TS, "user_id": "priv-user-1",
+                     "email": " Alice.Private@Privacy.test ", "plan": "gold"},
+        "rejected": {"event_id": "priv-2", "type": "teleport", "ts": BASE_TS, "user_id": "priv-user-2",
+                     "email": "Bob.Rejected@privacy.test", "note": "kept as it is"},
+        "clock": {"event_id": "priv-3", "type": "page_view", "ts": BASE_TS, "user_id": "priv-late"},  # goes first
+        "late": {"event_id": "priv-4", "type": "page_view", "ts": BASE_TS - 86_400_000, "user_id": "priv-late",
+                 "email": "Carol.Late@privacy.test"},
+        "not_text": {"event_id": "priv-5", "type": "page_view", "ts": BASE_TS, "user_id": "priv-user-5",
+                     "email": ["frank.list@privacy.test"]},
+    }  # fmt: skip
+    lines = [json.dumps(record) for name, record in records.items() if name != "clock"]
+    lines.append('{"event_id": "priv-6", "email": "dave.malformed@privacy.test", ')  # not JSON
+    lines.append(json.dumps(["gina.array@privacy.test"]))  # JSON, not an object
+    padding = "x" * (70 * 1024)
+    lines.append(json.dumps({"email": "erin.big@privacy.test", "event_id": "priv-7", "pad": padding}))  # oversized
+    return lines, records
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with protected_redis(tmp_path_factory.mktemp("redis-auth"), REDIS_PASSWORD) as (host, port):
+        yield f"redis://:{urllib.parse.quote(REDIS_PASSWORD)}@{host}:{port}/0"
+
+
+class Records(logging.Handler):
+    """Every log record of any logger, formatted with its arguments and any traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{self.format(record)} {record.args!r} {record.exc_text or ''}")
+
+
+@contextlib.contextmanager
+def debug_logs() -> Iterator[Records]:
+    """Every logger at DEBUG, into one :class:`Records`."""
+    root = logging.getLogger()
+    handler, level = Records(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _text(value: object) -> str:
+    """Redis replies as text: bytes decoded (binary values too, as far as they are text)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return " ".join(f"{_text(k)}={_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple | set):
+        return " ".join(_text(item) for item in value)
+    return str(value)
+
+
+def redis_dump(url: str) -> str:
+    """Every key and value in the server, as text."""
+    client = redis.Redis.from_url(url)
+    parts = []
+    readers = {
+        b"string": client.get,
+        b"hash": client.hgetall,
+        b"set": client.smembers,
+        b"list": lambda key: client.lrange(key, 0, -1),
+        b"zset": lambda key: client.zrange(key, 0, -1, withscores=True),
+        b"stream": client.xrange,
+    }
+    for key in client.scan_iter(count=1000):
+        parts.append(f"{_text(key)} {_text(readers[client.type(key)](key))}")
+    return "\n".join(parts)
+
+
+def label_values() -> set[str]:
+    return {value for metric in METRICS.registry.collect() for s in metric.samples for value in s.labels.values()}
+
+
+@pytest.fixture(scope="module", params=["core", "beam"])
+def secret_run(
+    request: pytest.FixtureRequest, protected: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The run (once per engine), and everything it left: texts by where they were found."""
+    redis.Redis.from_url(protected).flushall()
+    tmp_path = tmp_path_factory.mktemp(f"secrets-{request.param}")
+    lines, records = crafted_lines()
+    source = tmp_path / "events.jsonl"
+    first = json.dumps(records["clock"])
+    source.write_text("\n".join([first, *sample_lines(customers=60), *lines]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    receiver = WebhookReceiver([WEBHOOK_SECRET], tmp_path / "received.jsonl")
+    server = receiver.serve()
+    args = [
+        "run", "--engine", request.param, "--source", str(source), "--redis-url", protected, "--now", str(NOW_MS),
+        "--no-progress", "--state-dir", str(out / "state"), "--resume",
+        "--webhook", server.url, "--webhook-secret", WEBHOOK_SECRET,
+        "--changes-out", str(out / "changes.jsonl"), "--profiles-out", str(out / "profiles.jsonl"),
+        "--dead-letter-out", str(out / "dead_letters.jsonl"), "--summary-out", str(out / "summary.json"),
+    ]  # fmt: skip
+    if request.param == "beam":
+        args += ["--chunk-events", "200"]  # chunk ends are watermarks: the late record is late on Beam too
+    try:
+        with pytest.MonkeyPatch.context() as env, debug_logs() as logs:
+            env.setenv("SEGSTREAM_EMAIL_SALT", SALT)
+            result = CliRunner().invoke(main, args, catch_exceptions=False)
+    finally:
+        server.stop()
+        receiver.close()
+    assert result.exit_code == 0, result.output
+    files = {str(path): path.read_text(encoding="utf-8", errors="replace") for path in out.rglob("*") if path.is_file()}
+    texts = {
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "logs": "\n".join(logs.lines),
+        "webhooks": (tmp_path / "received.jsonl").read_text(encoding="utf-8"),
+        "redis": redis_dump(protected),
+        "metrics": generate_latest(METRICS.registry).decode(),
+        **files,
+    }
+    return {"texts": texts, "out": out, "records": records, "receiver": receiver, "url": protected, "hook": server.url}
+
+
+def test_the_run_went_through_every_path(secret_run: dict[str, Any]) -> None:
+    """The places searched below are not empty: the run delivered, logged, dead-lettered."""
+    out = secret_run["out"]
+    assert secret_run["receiver"].accepted > 0
+    assert {"profiles.jsonl", "changes.jsonl", "dead_letters.jsonl", "summary.json"} <= {
+        Path(p).name for p in secret_run["texts"]
+    }
+    reasons = {letter["reason"] for letter in read_jsonl(out / "dead_letters.jsonl")}
+    assert {"unknown_event_type", "late", "malformed", "oversized", "wrong_type"} <= reasons
+    assert "segstream_dead_letters_total" in secret_run["texts"]["metrics"]
+    state = out / "state" / "customers.db"  # --resume: the customers saved for the next run, searched too
+    assert state.stat().st_size > 0 and b"priv-user-1" in state.read_bytes()
+
+
+def test_no_secret_appears_anywhere(secret_run: dict[str, Any]) -> None:
+    for where, text in secret_run["texts"].items():
+        for secret in SECRETS:
+            assert secret not in text, f"{secret[:6]}... found in {where}"
+    assert secret_run["hook"] not in secret_run["texts"]["redis"]  # Redis holds subscriber names, not URLs
+
+
+def test_no_clear_email_appears_anywhere(secret_run: dict[str, Any]) -> None:
+    for where, text in secret_run["texts"].items():
+        found = CLEAR_EMAIL.search(text)
+        assert found is None, f"{found.group()} found in {where}" if found else ""
+
+
+def test_a_rejected_record_keeps_its_payload_with_only_the_email_hashed(secret_run: dict[str, Any]) -> None:
+    out, records = secret_run["out"], secret_run["records"]
+    letters = {letter["event_id"]: letter for letter in read_jsonl(out / "dead_letters.jsonl")}
+    for name in ("rejected", "late"):
+        record = records[name]
+        payload = json.loads(letters[record["event_id"]]["payload"])
+        assert payload["email"] == hash_email(record["email"], SALT)
+        if name == "rejected":  # the payload is the record, every other field as it came
+            assert payload == {**record, "email": hash_email(record["email"], SALT)}
+    assert json.loads(letters["priv-5"]["payload"])["email"] == "<redacted>"
+    stored = redis.Redis.from_url(secret_run["url"], decode_responses=True).xrange("segstream:dead_letters")
+    assert {json.loads(fields["dead_letter"])["payload"] for _, fields in stored} == {
+        letter["payload"] for letter in read_jsonl(out / "dead_letters.jsonl")
+    }
+
+
+def test_the_accepted_email_is_stored_only_as_its_salted_hash(secret_run: dict[str, Any]) -> None:
+    out = secret_run["out"]
+    [profile] = [p for p in read_jsonl(out / "profiles.jsonl") if p["customer_id"] == "user:priv-user-1"]
+    assert profile["identifiers"]["email"] == [hash_email("alice.private@privacy.test", SALT)]
+
+
+def test_no_metric_label_carries_a_customer_or_an_identifier(secret_run: dict[str, Any]) -> None:
+    profiles = read_jsonl(secret_run["out"] / "profiles.jsonl")
+    personal = {p["customer_id"] for p in profiles}
+    personal |= {value for p in profiles for values in p.get("identifiers", {}).values() for value in values}
+    personal |= {value.split(":", 1)[1] for value in personal if ":" in value}
+    labels = label_values()
+    assert labels and not labels & personal
+    assert not any("@" in value or "priv-" in value for value in labels)
+
+
+def test_a_bad_webhook_secret_is_not_echoed(tmp_path: Path) -> None:
+    bad = "whsec_not*base64*Secret99"
+    source = tmp_path / "events.jsonl"
+    source.write_text(next(iter(sample_lines(customers=1))) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["run", "--source", str(source), "--webhook", "http://127.0.0.1:9/h", "--webhook-secret", bad]
+    )
+    assert result.exit_code == 2
+    assert bad not in result.output and "not*base64" not in result.output
+
+
+def test_a_malformed_stream_source_does_not_echo_its_password(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "--source", f"redis-stream://:{REDIS_PASSWORD}@127.0.0.1:6379", "--state-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "is not redis-stream://" in result.output
+    assert REDIS_PASSWORD not in result.output
+
+
+# /metrics: loopback unless told otherwise.
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine other than 127.0.0.1 (None when it has none)."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return address.address
+    return None
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_metrics_bind_to_loopback_by_default() -> None:
+    options = {param.name: param for param in main.commands["run"].params}
+    assert options["metrics_address"].default == "127.0.0.1"
+    assert JobSpec.__dataclass_fields__["metrics_address"].default == "127.0.0.1"
+    port = free_port()
+    server = METRICS.serve(port)  # what a live run does with the defaults
+    try:
+        assert server.socket.getsockname() == ("127.0.0.1", port)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "segstream_events_in_total" in body
+        other = _non_loopback_address()
+        if other is not None:  # the machine's other address does not answer
+            assert not _reachable(other, port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_another_metrics_address_is_honoured() -> None:
+    port = free_port()
+    server = METRICS.serve(port, "0.0.0.0")
+    try:
+        assert server.socket.getsockname() == ("0.0.0.0", port)
+        assert _reachable("127.0.0.1", port)
+        other = _non_loopback_address()
+        if other is not None:
+            assert _reachable(other, port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _listening(pid: int, port: int) -> list[str]:
+    """The addresses process ``pid`` listens on at ``port``."""
+    return [
+        c.laddr.ip
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+
+
+@pytest.mark.parametrize(("options", "expected"), [((), "127.0.0.1"), (("--metrics-address", "0.0.0.0"), "0.0.0.0")])
+def test_a_live_run_serves_metrics_where_it_is_told(
+    redis_url: str, tmp_path: Path, options: tuple[str, ...], expected: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for line in list(sample_lines(customers=3))[:20]:
+        client.xadd("clicks", {"event": line})
+    port = free_port()
+    source = redis_url.replace("redis://", "redis-stream://").rsplit("/", 1)[0] + "/clicks"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--redis-url", redis_url,
+         "--now", str(NOW_MS), "--metrics-port", str(port), "--state-dir", str(tmp_path), *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (addresses := _listening(job.pid, port)):
+            assert job.poll() is None, job.communicate()[1]
+            assert time.monotonic() < deadline, "the live run never served /metrics"
+            time.sleep(0.2)
+        assert addresses == [expected]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "segstream_events_in_total" in body
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=180)
+        assert job.returncode == 0, stderr
+    finally:
+        job.kill()
+
+
+# Salt rotation: a replay with the new salt into a fresh prefix; the old prefix stays as it was.
+
+
+def test_salt_rotation_replays_into_a_fresh_prefix(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    only_email = {"event_id": "rot-1", "type": "page_view", "ts": BASE_TS, "email": "Ivy.Only@privacy.test"}
+    source = tmp_path / "history.jsonl"
+    source.write_text("\n".join([*sample_lines(customers=30), json.dumps(only_email)]) + "\n", encoding="utf-8")
+    old_salt, new_salt = "old-Salt-1a2b3c", "new-Salt-4d5e6f"
+
+    def replay(salt: str, prefix: str, out: Path, *webhook: str) -> list[dict[str, Any]]:
+        monkeypatch.setenv("SEGSTREAM_EMAIL_SALT", salt)
+        result = CliRunner().invoke(
+            main,
+            ["run", "--engine", "core", "--source", str(source), "--redis-url", redis_url, "--now", str(NOW_MS),
+             "--no-progress", "--redis-prefix", prefix, "--state-dir", str(out / "state"), "--resume",
+             "--profiles-out", str(out / "profiles.jsonl"), *webhook],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return read_jsonl(out / "profiles.jsonl")
+
+    receiver = WebhookReceiver([WEBHOOK_SECRET], tmp_path / "received.jsonl")
+    server = receiver.serve()
+    try:  # the old deployment: live with a subscriber
+        old = replay(
+            old_salt, "segstream", tmp_path / "old", "--webhook", server.url, "--webhook-secret", WEBHOOK_SECRET
+        )
+    finally:
+        server.stop()
+        receiver.close()
+    new = replay(new_salt, "segstream-v2", tmp_path / "new")  # the rotation replay: no subscriber
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    # Every email-derived id changed; ids that come from user or anonymous ids did not.
+    old_hash, new_hash = hash_email(only_email["email"], old_salt), hash_email(only_email["email"], new_salt)
+    assert f"email:{old_hash}" in {p["customer_id"] for p in old}
+    assert f"email:{new_hash}" in {p["customer_id"] for p in new}
+    assert {p["customer_id"] for p in old} - {p["customer_id"] for p in new} == {f"email:{old_hash}"}
+    old_emails = {e for p in old for e in p["identifiers"].get("email", [])}
+    new_emails = {e for p in new for e in p["identifiers"].get("email", [])}
+    assert old_emails and new_emails and not old_emails & new_emails
+    new_keys = client.hkeys("segstream-v2:identifiers")
+    assert f"email:{new_hash}" in new_keys and not {f"email:{h}" for h in old_emails} & set(new_keys)
+    assert client.hget("segstream:identifiers", f"email:{old_hash}") == f"email:{old_hash}"
+
+    # The replay queued nothing for the old deployment's subscriber: the fresh prefix has no routes.
+    assert not list(client.scan_iter(match="segstream-v2:webhooks:*"))
+    assert list(client.scan_iter(match="segstream:webhooks:*"))
+
+    # Readers switch to segstream-v2; then the old prefix goes, and only it ('segstream:*' has the colon).
+    for key in client.scan_iter(match="segstream:*"):
+        client.unlink(key)
+    assert not list(client.scan_iter(match="segstream:*"))
+    assert client.hget("segstream-v2:identifiers", f"email:{new_hash}") == f"email:{new_hash}"
+    assert len(list(client.scan_iter(match="segstream-v2:profile:*"))) == len(new)

@@ -1,0 +1,60 @@
+"""The flat features the churn and propensity models read, from a customer's profile at a time.
+
+Recency (days since the last purchase, the last event, the first event), lifetime counts and
+money (the raw RFM values: RFM ranks are left out, they follow the worker's processing order), the
+longest configured window's activity and the engagement score. Values
+the customer does not have yet (no purchase: no purchase recency, no average order) are left out,
+which the models read as "no information" (:func:`online_models.clean_features`).
+
+>>> from transforms.events import Event
+>>> from transforms.profile import ProfileConfig, ProfileModel, ProfileState
+>>> model, state = ProfileModel(ProfileConfig()), ProfileState()
+>>> model.add(state, Event("e1", "purchase", 0, user_id="u", order_id="o", amount=30.0, currency="EUR"))
+>>> features = model_features(model, state, 2 * DAY)
+>>> features["days_since_purchase"], features["orders"], features["avg_order_value"]
+(2.0, 1.0, 30.0)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from online_models import DAY_MS as DAY
+
+if TYPE_CHECKING:
+    from transforms.profile import ProfileModel, ProfileState
+
+WINDOW_METRICS = ("events", "sessions", "orders", "spend")
+
+
+def model_features(model: ProfileModel, state: ProfileState, now: int) -> dict[str, float]:
+    """The model inputs of one customer as of event time ``now`` (epoch ms)."""
+    f = state.features
+    features: dict[str, float] = {
+        "orders": float(f.orders),
+        "spend": f.spend,
+        "refunds": float(f.refunds),
+        "cart_value": f.cart_value,
+        "engagement_score": model.engagement.score(state.points, now),
+    }
+    for kind in ("product_view", "add_to_cart", "page_view"):
+        features[f"count.{kind}"] = float(f.counts.get(kind, 0))
+    if f.last_seen is not None and f.first_seen is not None:
+        features["days_since_seen"] = max(0.0, (now - f.last_seen) / DAY)
+        features["tenure_days"] = max(0.0, (now - f.first_seen) / DAY)
+    last_purchase = f.last_at.get("purchase")
+    if last_purchase is not None:
+        features["days_since_purchase"] = max(0.0, (now - last_purchase) / DAY)
+    if f.orders:
+        features["avg_order_value"] = f.spend / f.orders
+        if "tenure_days" in features:  # the customer's own rhythm: recency against it predicts churn
+            days_per_order = max(1.0, features["tenure_days"] / f.orders)
+            features["days_per_order"] = days_per_order
+            if last_purchase is not None:
+                features["purchase_recency_ratio"] = features["days_since_purchase"] / days_per_order
+    specs = model.windows.specs
+    if specs:
+        longest = max(specs, key=lambda name: specs[name].size_ms)
+        for metric in WINDOW_METRICS:
+            features[f"window.{metric}"] = float(model.windows.value(state.activity, longest, metric, now))
+    return features
