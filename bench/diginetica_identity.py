@@ -289,8 +289,8 @@ def report(merged: Merged, on: Run, off: Run, replay: Replay, timing: dict[str, 
     )
     multi = sorted(k for k, n in listed.items() if n > 1)
     print(f"  identifiers listed in more than one final profile: {len(multi):,} ({', '.join(multi[:3])}"
-          f"{' ...' if len(multi) > 3 else ''}); a profile lists every identifier its events carried, refused"
-          " links included, so Redis {prefix}:identifiers maps each to whichever profile was written last")  # fmt: skip
+          f"{' ...' if len(multi) > 3 else ''}); expected 0: a profile lists only the identifiers the graph"
+          " gives its customer, as Redis {prefix}:identifiers does")  # fmt: skip
 
     best = {name: max(rates) for name, rates in timing.items()}
     print(f"\ntime cost (same replay, {s_on['events_in']:,} events, best of {len(timing['on'])}; summary events/s):")

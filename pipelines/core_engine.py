@@ -56,6 +56,7 @@ class CoreEngine:
             restore_shared(store, self.logic)
             if self.graph is not None:
                 self.graph = store.get_shared("identity") or self.graph
+                self.logic.identifier_owner = self.graph.lookup
             self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.logic.models)
             reevaluate_on_new_rules(store, self.logic, self._emit_changes)
             for key, wake in store.wakes():  # timers of customers from an earlier run

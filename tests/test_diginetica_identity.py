@@ -64,6 +64,8 @@ def test_a_logged_in_purchase_links_its_session_and_a_session_of_two_users_is_sh
     assert profiles["user:5"]["identifiers"] == {"user_id": ["5"], "anonymous_id": ["dgn-session-1"]}
     assert profiles["user:5"]["features"]["counts"] == {"product_view": 2, "purchase": 1}
     assert profiles["user:7"]["identifiers"]["anonymous_id"] == ["dgn-session-2"]  # the first user keeps it
+    listed = [f"{kind}:{v}" for p in profiles.values() for kind, values in p["identifiers"].items() for v in values]
+    assert len(listed) == len(set(listed))  # a refused link's identifier stays with its customer only
     assert profiles["user:8"]["features"]["counts"] == {"product_view": 1}  # not merged into user:7
     assert profiles["shared:anon:dgn-session-2"]["features"]["counts"] == {"product_view": 1}
     refused = {reason: _refused(reason) - n for reason, n in before.items()}
