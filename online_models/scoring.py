@@ -73,6 +73,12 @@ class ModelSettings:
     def snapshot_every(self, task: str) -> int:
         return self.churn_snapshot_every_ms if task == "churn" else self.snapshot_every_ms
 
+    def __post_init__(self) -> None:
+        for task in TASKS:
+            if self.days(task) * DAY_MS < self.snapshot_every(task):
+                key = "churn_snapshot_every" if task == "churn" else "snapshot_every"
+                raise ValueError(f"models.{task}_days must be at least models.{key}")
+
 
 class Models:
     """Both tasks' models and validation (see the module docstring for the calling protocol)."""

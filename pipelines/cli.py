@@ -18,7 +18,6 @@ from typing import Any
 
 import click
 
-from online_models import DAY_MS
 from pipelines.core_engine import CoreEngine
 from pipelines.customer_store import STATE_FILE
 from pipelines.delivery import Deliveries
@@ -251,11 +250,10 @@ def _with_horizons(config: JobConfig, churn_days: float | None, propensity_days:
         return config
     if config.models is None:
         raise UserError("--churn-days and --propensity-days need the models: set models.enabled to true")
-    models = dataclasses.replace(config.models, **given)
-    for task in ("churn", "propensity"):
-        if models.days(task) * DAY_MS < models.snapshot_every(task):
-            key = "churn_snapshot_every" if task == "churn" else "snapshot_every"
-            raise UserError(f"--{task}-days must be at least models.{key} (lower it in the config)")
+    try:
+        models = dataclasses.replace(config.models, **given)
+    except ValueError as error:
+        raise UserError(f"--churn-days / --propensity-days: {error} (lower it in the config)") from None
     return dataclasses.replace(config, models=models)
 
 

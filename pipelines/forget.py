@@ -31,11 +31,10 @@ from pipelines.snapshot_store import SnapshotStore
 from transforms.changes import SegmentChange, change_id
 from transforms.features import Features
 from transforms.identifiers import hash_email, normalize_email, normalize_identifier
-from transforms.identity import KIND_PREFIX
+from transforms.identity import KIND_OF_PREFIX, KIND_PREFIX
 from transforms.privacy import DeletionReceipt, customer_ref, key_identifier
 
 RECEIPTS_MAXLEN = 1_000_000
-CLI_KINDS = {"user": "user_id", "email": "email", "anon": "anonymous_id", "device": "device_id"}
 COUNTED = ("redis_keys", "identifier_index", "segment_memberships", "stream_entries", "dead_letters", "deliveries")
 
 # ARGV: prefix, customer id, then the customer's identifiers as "kind:value" (kind as in events: user_id ...).
@@ -245,9 +244,9 @@ def parse_identifier(text: str, salt: str) -> tuple[str, str]:
     """``KIND:VALUE`` of ``segstream forget --identifier`` as an event identifier ``(kind, value)``; an
     email in clear is normalized and hashed with ``salt`` as cleaning does. ValueError when malformed."""
     head, _, value = text.partition(":")
-    kind = CLI_KINDS.get(head)
+    kind = KIND_OF_PREFIX.get(head)
     if kind is None or not value:
-        raise ValueError(f"--identifier {text!r}: expected KIND:VALUE with KIND one of {', '.join(CLI_KINDS)}")
+        raise ValueError(f"--identifier {text!r}: expected KIND:VALUE with KIND one of {', '.join(KIND_OF_PREFIX)}")
     if kind == "email" and "@" in value:
         email = normalize_email(value)
         if email is None:

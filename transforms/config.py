@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from online_models import DAY_MS, MODELS, Models, ModelSettings, build_model
+from online_models import MODELS, Models, ModelSettings, build_model
 from transforms.cleaning import CleaningConfig
 from transforms.customer import CustomerLogic, StreamConfig
 from transforms.engagement import DEFAULT_WEIGHTS, EngagementConfig
@@ -176,11 +176,11 @@ def _models(document: Mapping[str, object]) -> ModelSettings | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"config: models.{key} must be a positive integer")
         settings[key] = value
-    for task in ("churn", "propensity"):
-        horizon = round(settings[f"{task}_days"] * DAY_MS)
-        if horizon < (settings["churn_snapshot_every_ms"] if task == "churn" else settings["snapshot_every_ms"]):
-            raise ConfigError(f"config: models.{task}_days must be at least its snapshot interval")
-    return ModelSettings(**settings) if enabled else None
+    try:
+        models = ModelSettings(**settings)
+    except ValueError as error:
+        raise ConfigError(f"config: {error}") from None
+    return models if enabled else None
 
 
 def _identity(document: Mapping[str, object]) -> IdentityConfig | None:

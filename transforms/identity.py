@@ -51,7 +51,7 @@ SHARED_PREFIX = "shared:"
 REASONS = ("shared", "user_conflict", "cap")
 
 _HEAD = {kind: prefix + ":" for kind, prefix in KIND_PREFIX.items()}  # kind -> "user:" ...
-_KIND_OF = {prefix: kind for kind, prefix in KIND_PREFIX.items()}
+KIND_OF_PREFIX = {prefix: kind for kind, prefix in KIND_PREFIX.items()}  # "user" -> "user_id" ...
 _RANK = {prefix: rank for rank, prefix in enumerate(KIND_PREFIX.values())}  # "user" -> 0 ... "anon" -> 3
 _USER = "user:"
 _ANON = "anon:"
@@ -87,7 +87,7 @@ class _Group:
 
 def _split(key: str) -> tuple[str, str]:
     prefix, _, value = key.partition(":")
-    return _KIND_OF[prefix], value
+    return KIND_OF_PREFIX[prefix], value
 
 
 def _order(key: str, ts: int) -> tuple[int, int, str]:

@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from transforms.events import FORGET, Event
 from transforms.features import Features
+from transforms.identity import KIND_OF_PREFIX
 
 if TYPE_CHECKING:
     from transforms.customer import CustomerLogic, CustomerState, Step
 
 __all__ = ["FORGET", "DeletionReceipt", "Forget", "PrivacyLogic", "customer_ref", "key_identifier", "personalization"]
-
-_KIND_OF_PREFIX = {"user": "user_id", "email": "email", "device": "device_id", "anon": "anonymous_id"}
 
 
 def personalization(event: Event) -> bool | None:
@@ -48,7 +47,7 @@ def personalization(event: Event) -> bool | None:
 def key_identifier(customer_id: str) -> tuple[str, str] | None:
     """The identifier a customer id is made of (``user:u1`` -> ``("user_id", "u1")``); None for others."""
     prefix, _, value = customer_id.partition(":")
-    kind = _KIND_OF_PREFIX.get(prefix)
+    kind = KIND_OF_PREFIX.get(prefix)
     return (kind, value) if kind is not None and value else None
 
 
