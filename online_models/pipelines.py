@@ -43,10 +43,11 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from river import base, forest, linear_model, naive_bayes, optim, preprocessing, tree
+from river import base, compose, forest, linear_model, naive_bayes, optim, preprocessing, tree
+from river.utils.math import sigmoid
 
 DEFAULT_MODEL = "logistic"
-DEFAULT_LR = 0.0005  # River's default 0.01 overshoots on unscaled-tail features (bench/uci_models.py)
+DEFAULT_LR = 0.001  # River's default 0.01 overshoots on heavy-tailed features (bench/uci_scores.py)
 
 
 def _logistic(params: dict[str, Any]) -> base.Classifier:
@@ -132,6 +133,40 @@ def clean_features(features: Mapping[str, Any] | None) -> dict[str, float]:
     return clean
 
 
+def scaled_logistic_parts(
+    model: base.Classifier,
+) -> tuple[preprocessing.StandardScaler, linear_model.LogisticRegression] | None:
+    """The scaler and the regression of a ``StandardScaler() | LogisticRegression()`` pipeline with
+    zero-initialised weights (the ``logistic`` model), else None."""
+    if not isinstance(model, compose.Pipeline) or len(model.steps) != 2:
+        return None
+    scaler, regression = model.steps.values()
+    if (
+        type(scaler) is preprocessing.StandardScaler
+        and scaler.with_std
+        and type(regression) is linear_model.LogisticRegression
+        and isinstance(regression.initializer, optim.initializers.Zeros)
+    ):
+        return scaler, regression
+    return None
+
+
+def linear_coefficients(
+    scaler: preprocessing.StandardScaler, regression: linear_model.LogisticRegression
+) -> dict[str, tuple[float, float]]:
+    """Per feature ``(c, c * mean)`` with ``c = weight / std``: the logit of ``scaler | regression``
+    is then ``intercept + sum(c * x - c * mean)`` over the features given. A feature the scaler has
+    no variance for scales to 0 (River's ``safe_div``), one without weight adds nothing (zero
+    initialiser): neither is listed."""
+    coefficients = {}
+    for name, weight in regression._weights.items():
+        variance = scaler.vars.get(name, 0.0)
+        if weight and variance:
+            c = weight / variance**0.5
+            coefficients[name] = (c, c * scaler.means[name])
+    return coefficients
+
+
 class OnlineModel(base.Classifier):
     """A binary River classifier chosen by name, fed with cleaned flat features.
 
@@ -161,6 +196,7 @@ class OnlineModel(base.Classifier):
         self.params = params
         self.model = build_model(name, params)
         self.n_updates = 0
+        self._linear = scaled_logistic_parts(self.model)
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -178,8 +214,22 @@ class OnlineModel(base.Classifier):
         self.n_updates += 1
 
     def predict_clean(self, x: dict[str, float]) -> float:
-        """P(label is True) for features :func:`clean_features` already cleaned."""
-        return self._proba(x)[True]
+        """P(label is True) for features :func:`clean_features` already cleaned.
+
+        The default pipeline is read directly (:func:`linear_coefficients`, recomputed after each
+        update): the same number as River's ``predict_proba_one``, about four times faster.
+        """
+        linear = self.__dict__.get("_linear")  # absent in snapshots of older versions
+        if linear is None:
+            return self._proba(x)[True]
+        if self.__dict__.get("_coefficients_at") != self.n_updates:  # learnt since: read the model again
+            self._coefficients, self._coefficients_at = linear_coefficients(*linear), self.n_updates
+        coefficients, z = self._coefficients, linear[1].intercept
+        for name, value in x.items():
+            c = coefficients.get(name)
+            if c is not None:
+                z += c[0] * value - c[1]
+        return float(sigmoid(z))
 
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
         return self._proba(clean_features(x))

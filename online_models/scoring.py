@@ -56,7 +56,7 @@ class ModelSettings:
     propensity_days: float = 14
     snapshot_every_ms: int = DAY_MS  # propensity: at most one snapshot per customer and day
     churn_snapshot_every_ms: int = 7 * DAY_MS  # churn: one a week bounds 90 days of pendings to 13
-    refresh_ms: int = 7 * DAY_MS  # scores are recomputed at least this often (an event-time timer)
+    refresh_ms: int = 0  # extra score refreshes this often (0: only at label timers, every propensity_days)
     max_pending: int | None = None
     validation_window: int = 10_000
     calibration_bins: int = 10

@@ -84,8 +84,10 @@ def test_profiles_carry_scores_that_rise_in_silence() -> None:
     assert 0.0 <= logic.profile(state)["propensity_score"] <= 1.0
 
 
-def test_a_rule_on_a_score_changes_with_reason_model() -> None:
-    logic = logic_for(segments={"at_risk": {"feature": "churn_score", ">": 0.5}})
+@pytest.mark.parametrize("refresh", [None, "1d"])
+def test_a_rule_on_a_score_changes_with_reason_model(refresh: str | None) -> None:
+    extra = {"models": {"refresh": refresh}} if refresh else {}
+    logic = logic_for(extra, segments={"at_risk": {"feature": "churn_score", ">": 0.5}})
     models = logic.models
     assert models is not None
     silent, active = {"days_since_seen": 50.0, "tenure_days": 50.0}, {"days_since_seen": 0.0, "tenure_days": 0.0}
@@ -93,9 +95,14 @@ def test_a_rule_on_a_score_changes_with_reason_model() -> None:
     state = logic.new_state("user:u1")
     first = logic.advance(state, [view(1, T0)], T0)
     assert first.changes == []
-    step = logic.advance(state, [], T0 + 40 * DAY)  # no event: the daily refresh re-evaluates the rule
+    step = logic.advance(state, [], T0 + 40 * DAY)  # no event: a model timer re-evaluates the rule
     assert [(c.segment, c.change, c.reason) for c in step.changes] == [("at_risk", "entered", "model")]
-    assert step.changes[0].scores["churn_score"] > 0.5 and step.changes[0].event_time % DAY == 0
+    change = step.changes[0]
+    assert change.scores["churn_score"] > 0.5
+    if refresh:  # at a daily refresh boundary
+        assert change.event_time % DAY == 0
+    else:  # when a snapshot fell due: every propensity horizon (and 1 ms) of silence
+        assert (change.event_time - T0) % (14 * DAY + 1) == 0
 
 
 def test_scores_in_rules_need_the_models() -> None:
@@ -118,8 +125,7 @@ def test_an_identity_merge_merges_pending_labels() -> None:
     logic.absorb(into, other)
     assert into.labels is not None
     assert [ts for ts, _ in into.labels["propensity"].snapshots] == [T0, T0 + 2 * DAY]
-    week = 7 * DAY
-    assert into.model_wake == ((T0 + 2 * DAY) // week + 1) * week  # the next weekly refresh
+    assert into.model_wake == T0 + 14 * DAY + 1  # the first snapshot falls due
 
 
 def run(*args: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import river
 import river.checks
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from river import compose, datasets, forest, linear_model, naive_bayes, preprocessing, tree
+from river import compose, datasets, forest, linear_model, naive_bayes, optim, preprocessing, tree
 
 from online_models import (
     DAY_MS,
@@ -143,6 +143,34 @@ def test_missing_values_are_dropped_not_learnt(name: str) -> None:
 def test_untrained_model_predicts_one_half_for_both_classes() -> None:
     for name in MODELS:
         assert OnlineModel(name).predict_proba_one({"x": 1.0}) == {False: 0.5, True: 0.5}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from("abcdef"), st.floats(-1e6, 1e6), max_size=6), st.booleans()
+        ),
+        max_size=60,
+    ),
+    st.dictionaries(st.sampled_from("abcdefg"), st.floats(-1e6, 1e6), max_size=7),
+    st.sampled_from([{}, {"lr": 0.05}, {"lr": 0.5, "l2": 0.01}]),
+)
+def test_fast_logistic_prediction_equals_rivers(examples, x, params) -> None:
+    model = OnlineModel("logistic", params)
+    reference = build_model("logistic", params)
+    for features, label in examples:
+        model.learn_clean(features, label)
+        reference.learn_one(features, label)
+        assert model.predict_clean(x) == pytest.approx(reference.predict_proba_one(x)[True], abs=1e-12)
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.predict_clean(x) == pytest.approx(reference.predict_proba_one(x)[True], abs=1e-12)
+
+
+def test_other_models_and_initialisers_predict_through_river() -> None:
+    assert OnlineModel("naive_bayes")._linear is None
+    assert OnlineModel("logistic", {"initializer": optim.initializers.Constant(0.1)})._linear is None
+    assert OnlineModel("logistic")._linear is not None
 
 
 # --- delayed labels ----------------------------------------------------------------------------

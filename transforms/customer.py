@@ -340,7 +340,8 @@ class CustomerLogic(PrivacyLogic):
 
     def _model_timer(self, state: CustomerState, now: int, step: Step) -> None:
         """Label the snapshots whose horizon passed (the models learn them), snapshot the features of
-        a silent customer (so the models see recency grow); the scores move on."""
+        a silent customer (so the models see recency grow) and recompute the scores: the profile is
+        written again if one moved, and the segments that read them are evaluated."""
         assert self.models is not None and state.labels is not None
         self.models.learn(self.models.expire(state.labels, now))
         profile = state.profile
@@ -351,6 +352,8 @@ class CustomerLogic(PrivacyLogic):
             for name, value in self.model.scores(profile, now).items()
         ):
             step.touched = True  # the profile is written again with the scores as of now
+            if self.scored:
+                self._evaluate(state, now, from_timer=True, step=step, kinds=(), also=self.scored)
 
     def _next_model_wake(self, state: CustomerState, now: int) -> int | None:
         """The next pending label's due time or score refresh, whichever comes first."""
@@ -368,10 +371,11 @@ class CustomerLogic(PrivacyLogic):
         kinds: Iterable[str] | None = None,
         reason: str | None = None,
         leave: bool = False,
+        also: Iterable[str] = (),
     ) -> None:
-        """Evaluate the segments that may have changed at ``now``: those whose timer is due and
-        those the applied event types (``kinds``) affect; every segment when ``kinds`` is None.
-        ``reason`` overrides the changes' reason; ``leave`` exits every segment."""
+        """Evaluate the segments that may have changed at ``now``: those whose timer is due, those
+        the applied event types (``kinds``) affect and those named in ``also``; every segment when
+        ``kinds`` is None. ``reason`` overrides the changes' reason; ``leave`` exits every segment."""
         if not state.consent and not leave:
             return  # without consent: in no segment
         wakes = state.segment_wakes
@@ -380,7 +384,7 @@ class CustomerLogic(PrivacyLogic):
         elif kinds is None:
             names = set(self.rules.segments) | set(state.segments)
         else:
-            names = {name for name, at in wakes.items() if at <= now}
+            names = {name for name, at in wakes.items() if at <= now} | set(also)
             for kind in kinds:
                 names |= self.affected[kind]
         view = self.model.view(state.profile, now)

@@ -17,6 +17,7 @@ which the models read as "no information" (:func:`online_models.clean_features`)
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from online_models import DAY_MS as DAY
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from transforms.profile import ProfileModel, ProfileState
 
 WINDOW_METRICS = ("events", "sessions", "orders", "spend")
+LOG_SCALED = ("orders", "spend", "avg_order_value", "days_since_purchase", "days_since_seen", "days_per_order")
 
 
 def model_features(model: ProfileModel, state: ProfileState, now: int) -> dict[str, float]:
@@ -52,6 +54,9 @@ def model_features(model: ProfileModel, state: ProfileState, now: int) -> dict[s
             features["days_per_order"] = days_per_order
             if last_purchase is not None:
                 features["purchase_recency_ratio"] = features["days_since_purchase"] / days_per_order
+    for name in LOG_SCALED:  # heavy tails: the logistic model reads their logs beside them
+        if name in features:
+            features[f"log.{name}"] = math.log1p(max(0.0, features[name]))
     specs = model.windows.specs
     if specs:
         longest = max(specs, key=lambda name: specs[name].size_ms)
