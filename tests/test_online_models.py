@@ -148,9 +148,7 @@ def test_untrained_model_predicts_one_half_for_both_classes() -> None:
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
-        st.tuples(
-            st.dictionaries(st.sampled_from("abcdef"), st.floats(-1e6, 1e6), max_size=6), st.booleans()
-        ),
+        st.tuples(st.dictionaries(st.sampled_from("abcdef"), st.floats(-1e6, 1e6), max_size=6), st.booleans()),
         max_size=60,
     ),
     st.dictionaries(st.sampled_from("abcdefg"), st.floats(-1e6, 1e6), max_size=7),
