@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from timing import run_job
 from uci_models import (
     DATA,
     HORIZON_DAYS,
@@ -44,8 +43,6 @@ from online_models import DAY_MS, roc_auc
 from transforms.adapters.uci_online_retail import iter_events
 from transforms.dead_letters import Rejection
 from transforms.timestamps import parse_event_time
-
-DEFAULT_CONFIG = Path(__file__).parents[1] / "transforms" / "default_config.yaml"
 
 
 def write_events_before(path: Path, out: Path, cutoff: int) -> int:
@@ -67,23 +64,6 @@ def auc_of(scores: list[float], labels: list[bool]) -> float | None:
     return roc_auc(list(zip(scores, labels, strict=True)))
 
 
-def run_job(source: Path, work: Path, cutoff: int, models: bool, extra: str) -> tuple[dict, dict[str, dict]]:
-    """``segstream run`` to the cutoff; the summary and the profiles by customer id."""
-    out = work / ("on" if models else "off")
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "config.yaml"
-    settings = f"\nmodels:\n  enabled: {'true' if models else 'false'}\n{extra}"
-    config.write_text(DEFAULT_CONFIG.read_text(encoding="utf-8") + settings, encoding="utf-8")
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--engine", "core", "--source", str(source),
-               "--config", str(config), "--as-of", str(cutoff), "--no-progress", "--state-dir", str(out / "state"),
-               "--profiles-out", str(out / "profiles.jsonl"), "--summary-out", str(out / "summary.json")]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    summary = json.loads((out / "summary.json").read_text())
-    with (out / "profiles.jsonl").open(encoding="utf-8") as handle:
-        profiles = {p["customer_id"]: p for p in map(json.loads, handle)}
-    return summary, profiles
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -101,7 +81,7 @@ def main() -> None:
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for _ in range(args.repeat):  # alternating, so a busy spell of the machine hits both alike
         for models in (False, True):
-            summary, profiles = run_job(source, work, cutoff, models, args.models_yaml)
+            summary, profiles = run_job(source, work, models, args.models_yaml, as_of=cutoff)
             runs[models].append(summary)
     off, on = (max(runs[m], key=lambda s: s["events_per_second"]) for m in (False, True))
     rows, _ = load_orders(args.data)

@@ -335,7 +335,8 @@ class CustomerLogic(PrivacyLogic):
         wake = state.model_wake
         # A wake still ahead stays right (the next refresh boundary, or the first snapshot's due time,
         # which only a purchase's examples move) unless the refreshes had stopped.
-        if examples or wake is None or wake <= now or wake - now > self.models.settings.refresh_ms:
+        refresh = self.models.settings.refresh_ms
+        if examples or wake is None or wake <= now or (refresh and wake - now > refresh):
             state.model_wake = self._next_model_wake(state, now)
 
     def _model_timer(self, state: CustomerState, now: int, step: Step) -> None:
