@@ -158,7 +158,7 @@ class ProfileModel:
         return into
 
     def next_score_refresh(self, state: ProfileState, now: int) -> int | None:
-        """When scores are next recomputed without an event (None: the models are off, or the
+        """The next `refresh` boundary (None: the models or `refresh` are off, or the
         customer has been silent for the churn horizon and their refreshes stopped)."""
         if self.models is None:
             return None
