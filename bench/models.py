@@ -6,6 +6,8 @@ the bench times, best of ``--repeat`` runs over ``--examples`` examples:
 
 * the baseline: copying each feature dict (``dict(x)``), the least any per-event step does;
 * ``predict``: :meth:`OnlineModel.predict` on a model trained on the examples first (untimed);
+* ``predict_clean``: the job's path, on features cleaned beforehand (untimed); for the default
+  ``logistic`` model it reads River's weights directly instead of going through the pipeline;
 * ``learn``: :meth:`OnlineModel.learn` from scratch over the examples;
 * ``predict + learn``: what progressive validation does per label (``Models.learn``);
 * ``snapshot``: one ``dump_model`` of the trained model (ms, and its size).
@@ -26,7 +28,7 @@ import time
 
 from timing import best_seconds
 
-from online_models import OnlineModel, dump_model
+from online_models import OnlineModel, clean_features, dump_model
 from online_models.validation import ProgressiveValidation
 
 FEATURES = [
@@ -76,6 +78,12 @@ def bench_model(name: str, rows: list[tuple[dict, bool]], repeat: int, base: flo
         for x, _ in rows:
             trained.predict(x)
 
+    cleaned = [clean_features(x) for x, _ in rows]
+
+    def predict_clean() -> None:
+        for x in cleaned:
+            trained.predict_clean(x)
+
     def learn() -> None:
         model = OnlineModel(name)
         for x, y in rows:
@@ -90,6 +98,7 @@ def bench_model(name: str, rows: list[tuple[dict, bool]], repeat: int, base: flo
 
     results = [
         ("predict", best_seconds(repeat, predict) / n),
+        ("predict_clean (the job's path)", best_seconds(repeat, predict_clean) / n),
         ("learn", best_seconds(repeat, learn) / n),
         ("predict + learn + validation", best_seconds(repeat, predict_learn) / n),
     ]

@@ -165,6 +165,17 @@ def test_fast_logistic_prediction_equals_rivers(examples, x, params) -> None:
     assert restored.predict_clean(x) == pytest.approx(reference.predict_proba_one(x)[True], abs=1e-12)
 
 
+def test_snapshots_without_the_fast_path_attributes_still_load() -> None:
+    model = OnlineModel()
+    for n in range(50):
+        model.learn_clean({"a": float(n % 7), "b": float(n % 3)}, n % 2 == 0)
+    old = OnlineModel.__new__(OnlineModel)
+    state = {k: v for k, v in pickle.loads(pickle.dumps(model)).__dict__.items() if not k.startswith("_")}
+    old.__setstate__(state)  # what unpickling a snapshot of an earlier version does
+    x = {"a": 3.0, "b": 1.0}
+    assert old._linear is not None and old.predict_clean(x) == pytest.approx(model._proba(x)[True], abs=1e-12)
+
+
 def test_other_models_and_initialisers_predict_through_river() -> None:
     assert OnlineModel("naive_bayes")._linear is None
     assert OnlineModel("logistic", {"initializer": optim.initializers.Constant(0.1)})._linear is None

@@ -2,7 +2,8 @@
 
 Recency (days since the last purchase, the last event, the first event), lifetime counts and
 money (the raw RFM values: RFM ranks are left out, they follow the worker's processing order), the
-longest configured window's activity and the engagement score. Values
+longest configured window's activity and the engagement score, with the logs of the heavy-tailed
+ones (``log.orders``, ``log.days_since_purchase``, ...) beside them. Values
 the customer does not have yet (no purchase: no purchase recency, no average order) are left out,
 which the models read as "no information" (:func:`online_models.clean_features`).
 
