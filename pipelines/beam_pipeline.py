@@ -7,6 +7,11 @@ Keyed state and timers hold the core's values (:class:`transforms.customer.Custo
 pending events); all behaviour lives in :class:`transforms.customer.CustomerLogic`. The customer
 step of a live run is :class:`LiveCustomerFn` here; file replays use
 :class:`pipelines.beam_replay.ReplayCustomerFn`.
+
+A forget event's :class:`transforms.privacy.Forget` follows its step's changes to the Redis sink,
+which erases the customer from Redis once what came before it is written
+(:class:`pipelines.forget.SinkForgets`); the JSONL lines and the receipt wait for the end of the run
+(:func:`finish_forgets`, called by the driver once the pipeline is done with the files).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from online_models import Models
+from pipelines.forget import Erased, SinkForgets
 from pipelines.job import JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.model_publisher import ModelPublisher
@@ -37,6 +43,7 @@ from transforms.dead_letters import DeadLetter
 from transforms.rfm import Population
 
 DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
+FORGOTTEN = "forgotten"  # a forget event's Forget, after the changes of its step
 
 
 def beam_timestamp(ms: int) -> Timestamp:
@@ -74,6 +81,8 @@ class CustomerStepFn(beam.DoFn):
         METRICS.record_step(step)
         for change in step.changes:
             yield beam.pvalue.TaggedOutput(CHANGES, change)
+        for forget in step.forgotten:  # after its forget exits: the sink erases the rest
+            yield beam.pvalue.TaggedOutput(FORGOTTEN, forget)
         if step.touched:
             yield beam.pvalue.TaggedOutput(PROFILES, self.logic.profile(customer))
         if acknowledge:
@@ -173,30 +182,57 @@ class LiveCustomerFn(CustomerStepFn):
 
     def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:
         events = list(pending.read())
-        customer = state.read() or self.logic.new_state(key)
+        customer = state.read()
+        if customer is None and not events:
+            return  # a forgotten customer's timer: nothing of theirs is left
+        customer = customer or self.logic.new_state(key)
         step = self.logic.on_timer(customer, events, fired_at, self.stop_clock.stop_at(), bounded=False)
         pending.clear()
         for event in step.remaining:
             pending.add(event)
         if step.wake is not None:
             tick.set(beam_timestamp(step.wake))
-        clock.write((customer.clock, step.wake))
-        state.write(customer)
+        if self.logic.erased(customer, step):  # dropped, as the core loop drops it: no final profile
+            clock.clear()
+            state.clear()
+        else:
+            clock.write((customer.clock, step.wake))
+            state.write(customer)
         yield from self.emit(step, customer, acknowledge=True)
         self.publisher.maybe_publish()
 
 
+_PENDING_FORGETS: dict[str, list[Erased]] = {}  # run -> forgets erased from Redis, files and receipt to do
+
+
+def _sink_forgets(spec: JobSpec) -> SinkForgets:
+    outputs = spec.outputs
+    return SinkForgets(
+        shared_client(spec.redis_url), spec.redis_prefix, spec.config.cleaning.email_salt,
+        (outputs.changes, outputs.profiles, outputs.dead_letters), outputs.receipts,
+    )  # fmt: skip
+
+
+def finish_forgets(spec: JobSpec, run_key: str) -> None:
+    """The end of a run (the pipelines done with the files): the forgotten customers' lines out of
+    the JSONL outputs, and their receipts."""
+    _sink_forgets(spec).finish(_PENDING_FORGETS.pop(run_key, []))
+
+
 class WriteRedisFn(beam.DoFn):
     """Changes, profiles and dead letters to Redis in pipelined, seq-guarded batches (one per bundle
-    or 1,000 items); live-stream entries are acknowledged in the same batch, after their effects."""
+    or 1,000 items); live-stream entries are acknowledged in the same batch, after their effects.
+    A forget erases its customer from Redis after writing the batch before it; what is left to do
+    (files, receipt) waits in ``_PENDING_FORGETS[run_key]`` for :func:`finish_forgets`."""
 
-    def __init__(self, redis_url: str, prefix: str, batch_size: int = 1000) -> None:
-        self.redis_url = redis_url
-        self.prefix = prefix
+    def __init__(self, spec: JobSpec, run_key: str, batch_size: int = 1000) -> None:
+        self.spec = spec
+        self.run_key = run_key
         self.batch_size = batch_size
 
     def setup(self) -> None:
-        self.sink = RedisSink(shared_client(self.redis_url), self.prefix)
+        self.sink = RedisSink(shared_client(self.spec.redis_url), self.spec.redis_prefix)
+        self.forgets = _sink_forgets(self.spec)
 
     def start_bundle(self) -> None:
         self.changes: list[Any] = []
@@ -213,6 +249,11 @@ class WriteRedisFn(beam.DoFn):
         elif kind == DEAD:
             self.dead.append(value)
             self._ack(value.source, value.position)
+        elif kind == FORGOTTEN:
+            self.finish_bundle()
+            self.forgets.forget(value)
+            _PENDING_FORGETS.setdefault(self.run_key, []).extend(self.forgets.pending)
+            self.forgets.pending = []
         else:
             self._ack(*value)
         if len(self.changes) + len(self.profiles) + len(self.dead) + len(self.acks) >= self.batch_size:
@@ -259,10 +300,12 @@ def build(
     records: beam.PCollection,
     customer_step: CustomerStepFn,
     wakes: beam.PCollection | None = None,
+    run_key: str = "",
 ) -> None:
     """Wire the topology from ``records`` (a PCollection of :class:`RawRecord`) through
     ``customer_step`` to every sink. ``wakes``: more ``(key, None)`` elements for the customer step
-    (customers with no event whose timers fall due).
+    (customers with no event whose timers fall due). ``run_key``: where the run's forgets wait for
+    :func:`finish_forgets`.
     """
     cleaned = records | "Clean" >> (
         beam.ParDo(CleanFn(spec.config.cleaning, spec.now_ms))
@@ -274,17 +317,25 @@ def build(
         keyed = (keyed, wakes) | "WithWakes" >> beam.Flatten().with_output_types(beam.typehints.Tuple[str, Any])
     segmented = keyed | "Segment" >> beam.ParDo(customer_step).with_input_types(
         beam.typehints.Tuple[str, Any]
-    ).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS)
+    ).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS, FORGOTTEN)
     dead = (cleaned[DEAD], segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
     _ = dead | "CountDeadLetters" >> beam.Map(_count_dead_letter)
+    # Cleaning's dead letters go to Redis from the cleaning stage itself: on a replay chunk they are
+    # written before the customer step runs, so a forget's erase comes after them, as in the core loop.
+    _ = (
+        cleaned[DEAD]
+        | "TagCleaningDeadLetters" >> beam.Map(lambda d: (DEAD, d))
+        | "WriteCleaningDeadLetters" >> beam.ParDo(WriteRedisFn(spec, run_key))
+    )
     to_redis = (
         segmented[CHANGES] | "TagChanges" >> beam.Map(lambda c: (CHANGES, c)),
         segmented[PROFILES] | "TagProfiles" >> beam.Map(lambda p: (PROFILES, p)),
         segmented[FINAL] | "TagFinal" >> beam.Map(lambda p: (PROFILES, p)),
-        dead | "TagDeadLetters" >> beam.Map(lambda d: (DEAD, d)),
+        segmented[DEAD] | "TagDeadLetters" >> beam.Map(lambda d: (DEAD, d)),
         segmented[ACKS] | "TagAcks" >> beam.Map(lambda a: (ACKS, a)),
+        segmented[FORGOTTEN] | "TagForgotten" >> beam.Map(lambda f: (FORGOTTEN, f)),
     ) | "ToRedis" >> beam.Flatten()
-    _ = to_redis | "WriteRedis" >> beam.ParDo(WriteRedisFn(spec.redis_url, spec.redis_prefix))
+    _ = to_redis | "WriteRedis" >> beam.ParDo(WriteRedisFn(spec, run_key))
     for name, pcoll, path in (
         ("Changes", segmented[CHANGES], spec.outputs.changes),
         ("Profiles", segmented[FINAL], spec.outputs.profiles),

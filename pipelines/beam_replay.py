@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 from tqdm import tqdm
 
-from pipelines.beam_pipeline import DEAD, CustomerStepFn, build
+from pipelines.beam_pipeline import DEAD, CustomerStepFn, build, finish_forgets
 from pipelines.customer_store import (
     customer_store,
     reevaluate_on_new_rules,
@@ -147,6 +148,9 @@ class ReplayCustomerFn(CustomerStepFn):
         else:
             step = self.logic.advance_until(customer, events, self.end if self.end is not None else -(2**62))
         yield from self.emit(step, customer)
+        if self.logic.erased(customer, step):  # forgotten: dropped, as the core loop drops it
+            self.store.delete(key)
+            return
         self.store.put(
             key, Snapshot(customer, step.remaining), self.logic.next_wake(customer) if self.last else step.wake
         )
@@ -159,7 +163,7 @@ class ReplayCustomerFn(CustomerStepFn):
         self.store.close()
 
 
-def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore) -> None:
+def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore, run_key: str) -> None:
     due = store.all_keys() if last else store.due(end) if end is not None else []
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
     records = pipeline | "Chunk" >> beam.Create([str(chunk.path)]) | "Read" >> beam.ParDo(ReadChunkFn())
@@ -170,7 +174,7 @@ def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: 
             pickle.dump(due, handle, protocol=pickle.HIGHEST_PROTOCOL)
         wakes = pipeline | "Due" >> beam.Create([str(path)]) | "DueCustomers" >> beam.FlatMap(_due_keys)
     step = ReplayCustomerFn(spec.config, end, last, str(store.path))
-    build(spec, records, step, wakes)
+    build(spec, records, step, wakes, run_key=run_key)
     pipeline.run().wait_until_finish()
 
 
@@ -186,6 +190,7 @@ def run_file(spec: JobSpec) -> None:
     # scans all loaded modules' globals on each call: two thirds of the run time on a replay. Without
     # the cache, state goes straight to the runner's in-memory state store: about 3x the throughput.
     worker_handlers.STATE_CACHE_SIZE_MB = 0
+    run_key = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="segstream-replay-") as tmp, customer_store(spec.state_file) as store:
         _reevaluate_stored(spec, store)
         chunks, max_ts = split_into_chunks(spec, Path(tmp), spec.chunk_events)
@@ -194,10 +199,11 @@ def run_file(spec: JobSpec) -> None:
             for number, chunk in enumerate(chunks):
                 last = number == len(chunks) - 1
                 end = max(max_ts, spec.as_of or max_ts) if last and max_ts is not None else chunk.watermark
-                _run_chunk(spec, chunk, end, last, store)
+                _run_chunk(spec, chunk, end, last, store, run_key)
                 chunk.path.unlink()
                 bar.update(chunk.records)
         _write_final_profiles(spec, store)
+    finish_forgets(spec, run_key)
 
 
 def _sink(spec: JobSpec, logic: CustomerLogic) -> OutputSink:

@@ -26,7 +26,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 
-from pipelines.beam_pipeline import LiveCustomerFn, build
+from pipelines.beam_pipeline import LiveCustomerFn, build, finish_forgets
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.redis_store import StopClock
@@ -106,7 +106,8 @@ def run_stream(spec: JobSpec, run_id: str) -> None:
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--streaming"]))
         records = pipeline | "ReadStream" >> TestStream(coder=PickleCoder(), endpoint=service.endpoint)
-        build(spec, records, LiveCustomerFn(spec.config, stop_clock, spec.redis_prefix))
+        build(spec, records, LiveCustomerFn(spec.config, stop_clock, spec.redis_prefix), run_key=run_id)
         pipeline.run().wait_until_finish()
     finally:
         service.stop()
+    finish_forgets(spec, run_id)

@@ -211,7 +211,7 @@ class CoreEngine:
             members = self.graph.members(key) if self.graph is not None else []
             removed = self.graph.forget(key) if self.graph is not None else 0
             self.sink.forget(forget, members, removed)
-        return bool(step.forgotten) and not step.remaining and self.logic.is_blank(state)
+        return self.logic.erased(state, step)
 
     def _emit_changes(self, step: Step) -> None:
         METRICS.record_step(step)

@@ -18,6 +18,9 @@
   end. What is not written yet is part of every checkpoint, so a restore rewrites it; Redis
   ignores what it already has, and the files are cut back to the sizes the checkpoint recorded.
   The run's counters live in the sink's state too and are published to Redis after each batch.
+  A forget event's customer is erased from Redis as soon as the batch before it (its forget exits)
+  is written; its JSONL lines go and its receipt is written at the end of the input (or of the
+  drain), see :class:`pipelines.forget.SinkForgets`; the forgets still to finish are sink state.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from pipelines.flink_env import environment, under_flink_cli
+from pipelines.forget import SinkForgets
 from pipelines.job import JobSpec
 from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
@@ -56,6 +60,7 @@ from pipelines.watermarked import (
     CHANGE,
     DEAD,
     FINAL,
+    FORGOTTEN,
     PROFILE,
     Batch,
     Counts,
@@ -225,12 +230,15 @@ class CustomerFn(KeyedProcessFunction):
     def process_element(self, batch: Batch, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         keyed = self._load(batch.key)
         before = CustomerDriver.trigger(keyed)
+        known = keyed is not None
         keyed, out = self.driver.on_records(keyed, batch.records)
         self.publisher.maybe_publish()
         if keyed is not None:
             self._keep(batch.key, keyed, before, ctx)
             if batch.records[-1].event is None:  # the end marker comes last
                 ctx.timer_service().register_event_time_timer(MAX_WATERMARK)  # then the final profile
+        elif known:  # a forget erased the customer
+            self._drop(batch.key)
         if out:
             yield out
 
@@ -256,7 +264,10 @@ class CustomerFn(KeyedProcessFunction):
             yield self.driver.final(keyed)
         elif timestamp == CustomerDriver.trigger(keyed):
             out = self.driver.on_watermark(keyed, ctx.timer_service().current_watermark())
-            self._keep(key, keyed, None, ctx)
+            if self.driver.gone(keyed):
+                self._drop(key)
+            else:
+                self._keep(key, keyed, None, ctx)
             if out:
                 yield out
 
@@ -270,6 +281,12 @@ class CustomerFn(KeyedProcessFunction):
             del self.cache[next(iter(self.cache))]  # the least recently used
         self.cache[key] = keyed
         return keyed
+
+    def _drop(self, key: str) -> None:
+        """Forget the customer's keyed value (its timers, when they fire, find nothing)."""
+        self.cache.pop(key, None)
+        self.rendering.pop(key, None)
+        self.value.clear()
 
     def _keep(self, key: str, keyed: Keyed, before: int | None, ctx: Any) -> None:
         self.cache[key] = keyed
@@ -296,6 +313,7 @@ class SinkFn(KeyedProcessFunction):
         self.buffer = runtime_context.get_list_state(ListStateDescriptor("unwritten", PICKLED))
         self.written = runtime_context.get_state(ValueStateDescriptor("written", PICKLED))
         self.redis: RedisSink | None = None
+        self.forgets: SinkForgets | None = None
         self.items: list[tuple[str, Any]] = []  # the ListState's content as objects (only read on a restore)
         paths = self.spec.outputs
         self.paths = {CHANGE: paths.changes, FINAL: paths.profiles, DEAD: paths.dead_letters}
@@ -305,25 +323,31 @@ class SinkFn(KeyedProcessFunction):
         for writer in self.files.values():
             writer.close()
 
-    def process_element(self, items: list[tuple[str, Any]], ctx: KeyedProcessFunction.Context) -> None:
+    # Both return an empty iterable: process mode iterates what a function returns (None fails there).
+    def process_element(self, items: list[tuple[str, Any]], ctx: KeyedProcessFunction.Context) -> tuple[()]:
         if self.redis is None:
             self._resume(ctx)
         self.buffer.add_all(items)
         self.items.extend(items)
         if len(self.items) >= self.batch_size:
             self._flush()
+        return ()
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> None:
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> tuple[()]:
         if self.redis is None:
             self._resume(ctx)
         self._flush()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             _at_next_flush(ctx)
+        elif timestamp == MAX_WATERMARK:  # the input (or the drain) ended: every output is written
+            self._finish_forgets()
+        return ()
 
     def _resume(self, ctx: KeyedProcessFunction.Context) -> None:
         """First call of this attempt: cut the files back to the sizes in the restored state (0 on a fresh start)."""
         written = self.written.value()
         sizes = written[1] if written is not None else {}
+        pending = written[2] if written is not None and len(written) > 2 else []
         for kind, path in self.paths.items():
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,13 +360,19 @@ class SinkFn(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(MAX_WATERMARK)
         _at_next_flush(ctx)
         self.redis = RedisSink(shared_client(self.spec.redis_url), self.spec.redis_prefix)
+        outputs = self.spec.outputs
+        self.forgets = SinkForgets(
+            self.redis.client, self.spec.redis_prefix, self.spec.config.cleaning.email_salt,
+            self.paths.values(), outputs.receipts,
+        )  # fmt: skip
+        self.forgets.pending = list(pending)
 
     def _flush(self) -> None:
         items, self.items = self.items, []
         if not items:
             return
-        assert self.redis is not None
-        counts, _ = self.written.value()
+        assert self.redis is not None and self.forgets is not None
+        counts = self.written.value()[0]
         changes, profiles, dead = [], {}, []
         for kind, value in items:
             count_output(counts, kind, value)
@@ -352,16 +382,39 @@ class SinkFn(KeyedProcessFunction):
                 profiles[value["customer_id"]] = value
             elif kind == DEAD:
                 dead.append(value)
+            elif kind == FORGOTTEN:  # erase once what came before (its forget exits) is written
+                self.redis.write(changes, profiles.values(), dead)
+                changes, profiles, dead = [], {}, []
+                self.forgets.forget(value)
             if kind in self.files:
                 self.files[kind].write(value if kind == FINAL else value.to_dict())
         self.redis.write(changes, profiles.values(), dead)
+        self._written(counts)
+        self.buffer.clear()
+        self.redis.client.set(counts_key(self.spec.redis_prefix, self.run_id), json.dumps(list(counts.items())))
+
+    def _written(self, counts: Counts) -> None:
+        """Record the counters, the files' sizes and the forgets to finish (the checkpointed state)."""
+        assert self.forgets is not None
         sizes = {}
         for kind, writer in self.files.items():
             writer.flush()
             sizes[kind] = self.paths[kind].stat().st_size
-        self.written.update((counts, sizes))
-        self.buffer.clear()
-        self.redis.client.set(counts_key(self.spec.redis_prefix, self.run_id), json.dumps(list(counts.items())))
+        self.written.update((counts, sizes, list(self.forgets.pending)))
+
+    def _finish_forgets(self) -> None:
+        """The end: the forgotten customers' lines out of the files, and their receipts."""
+        assert self.forgets is not None
+        if not self.forgets.pending:
+            return
+        for writer in self.files.values():
+            writer.close()
+        try:
+            self.forgets.finish()
+        finally:
+            for writer in self.files.values():
+                writer.reopen()
+        self._written(self.written.value()[0])
 
 
 def _at_next_flush(ctx: KeyedProcessFunction.Context) -> None:

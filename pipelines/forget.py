@@ -11,6 +11,12 @@ change stream, the webhook queues and ``--changes-out``) and the one place its i
 JSONL outputs are rewritten atomically without the customer's lines (:func:`scrub_jsonl`, same rule).
 Every forget leaves a :class:`transforms.privacy.DeletionReceipt` in ``{prefix}:receipts`` (and in
 ``--receipts-out``): counts only, and a salted hash of the customer id.
+
+Every engine runs a forget event in two parts (:class:`Eraser`): :meth:`Eraser.erase` (Redis, once its
+forget exits are written) and :meth:`Eraser.finish` (the JSONL files, then the receipt). The core loop
+does both at once; Beam and Flink keep what is erased in Redis in a :class:`SinkForgets` and finish
+it at the end of the run (the files are written by other operators, or cut back to checkpointed
+sizes on a restore, so they can only be rewritten once the job is done with them).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from transforms.changes import SegmentChange, change_id
 from transforms.features import Features
 from transforms.identifiers import hash_email, normalize_email, normalize_identifier
 from transforms.identity import KIND_OF_PREFIX, KIND_PREFIX
-from transforms.privacy import DeletionReceipt, customer_ref, key_identifier
+from transforms.privacy import DeletionReceipt, Forget, customer_ref, key_identifier
 
 RECEIPTS_MAXLEN = 1_000_000
 COUNTED = ("redis_keys", "identifier_index", "segment_memberships", "stream_entries", "dead_letters", "deliveries")
@@ -208,8 +214,17 @@ class Erasure:
         self.counts[kind] = self.counts.get(kind, 0) + n
 
 
+@dataclass
+class Erased:
+    """A forget event whose customer is erased from Redis: its files and receipt still to do."""
+
+    forget: Forget
+    erasure: Erasure
+    identifiers: set[str]  # "kind:value" of every identifier of the customer (the files' rule)
+
+
 class Eraser:
-    """Runs :data:`FORGET_SCRIPT` and writes receipts, for the sink and for ``segstream forget``."""
+    """Runs :data:`FORGET_SCRIPT` and writes receipts, for the sinks and for ``segstream forget``."""
 
     def __init__(self, client: redis.Redis, prefix: str, salt: str) -> None:
         self.client = client
@@ -225,6 +240,27 @@ class Eraser:
             erasure.add(kind, int(n))
         erasure.customer_ids.update(value.decode() for value in answer[len(COUNTED) :])
 
+    def erase(self, forget: Forget, identifiers: Iterable[tuple[str, str]] = (), graph: int = 0) -> Erased:
+        """A forget event's customer out of Redis, after its forget exits were written. ``identifiers``:
+        more of theirs (the identity graph's), ``graph``: how many the identity graph removed."""
+        known = {*forget.identifiers, *identifiers}
+        erasure = Erasure({"identifiers": len(known), "segments": forget.segments})
+        if graph:
+            erasure.add("identity_graph", graph)
+        self.redis(forget.customer_id, known, erasure)
+        return Erased(forget, erasure, {f"{kind}:{value}" for kind, value in known})
+
+    def finish(self, erased: Erased, files: Iterable[Path], receipts_out: Path | None) -> DeletionReceipt:
+        """The customer's lines out of ``files`` (closed by their writers), then the receipt (Redis and
+        ``receipts_out``)."""
+        erasure = erased.erasure
+        for path in files:
+            erasure.add("output_lines", scrub_jsonl(path, erasure.customer_ids, erased.identifiers))
+        forget = erased.forget
+        receipt = self.receipt(forget.customer_id, f"event:{forget.event_id}", forget.event_time, erasure)
+        append_receipts(receipts_out, [receipt])
+        return receipt
+
     def receipt(self, customer_id: str, requested_by: str, event_time: int | None, erasure: Erasure) -> DeletionReceipt:
         """The receipt of a forget, appended to ``{prefix}:receipts``."""
         receipt = DeletionReceipt(
@@ -238,6 +274,44 @@ class Eraser:
             "write a deletion receipt",
         )
         return receipt
+
+
+def append_receipts(path: Path | None, receipts: Iterable[DeletionReceipt]) -> None:
+    """Append receipts to the ``--receipts-out`` file (one JSON object a line)."""
+    lines = [json.dumps(r.to_dict()) + "\n" for r in receipts]
+    if path is not None and lines:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as out:
+            out.writelines(lines)
+
+
+class SinkForgets:
+    """Forget events at the sink of Beam and Flink: the Redis part at once (:meth:`forget`, called once
+    the customer's forget exits are written), the files and the receipt at the end of the run
+    (:meth:`finish`), or at once when the job writes no JSONL file.
+
+    ``pending`` (picklable :class:`Erased` values) is what a checkpoint must keep."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str, salt: str, files: Iterable[Path | None], receipts_out: Path | None
+    ) -> None:
+        self.eraser = Eraser(client, prefix, salt)
+        self.files = [path for path in files if path is not None]
+        self.receipts_out = receipts_out
+        self.pending: list[Erased] = []
+
+    def forget(self, forget: Forget) -> None:
+        erased = self.eraser.erase(forget)
+        if self.files:
+            self.pending.append(erased)
+        else:
+            self.eraser.finish(erased, [], self.receipts_out)
+
+    def finish(self, pending: Iterable[Erased] | None = None) -> list[DeletionReceipt]:
+        """Scrub the files of every pending forget (their writers closed) and write the receipts."""
+        done = list(self.pending if pending is None else pending)
+        self.pending = []
+        return [self.eraser.finish(erased, self.files, self.receipts_out) for erased in done]
 
 
 def parse_identifier(text: str, salt: str) -> tuple[str, str]:
@@ -346,8 +420,5 @@ def forget_customers(
     finally:
         if store is not None:
             store.close()
-    if receipts_out is not None:
-        receipts_out.parent.mkdir(parents=True, exist_ok=True)
-        with receipts_out.open("a", encoding="utf-8") as out:
-            out.writelines(json.dumps(r.to_dict()) + "\n" for r in receipts)
+    append_receipts(receipts_out, receipts)
     return receipts

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipelines.forget import Eraser, Erasure, scrub_jsonl
+from pipelines.forget import Eraser
 from pipelines.redis_store import RedisSink, shared_client
 from transforms.changes import IdentityMerge, SegmentChange
 from transforms.customer import CustomerState
@@ -76,7 +76,7 @@ class OutputSink:
     ) -> None:
         self.redis = RedisSink(shared_client(redis_url), redis_prefix)
         self.eraser = Eraser(self.redis.client, redis_prefix, salt)
-        self.receipt_file = JsonLinesWriter(paths.receipts)
+        self.receipts_out = paths.receipts
         self.render = render
         self.batch_size = batch_size
         self.change_file = JsonLinesWriter(paths.changes)
@@ -119,20 +119,15 @@ class OutputSink:
         written before (its forget exits included); write and return the deletion receipt. ``identifiers``:
         more of theirs (the identity graph's), ``graph``: how many the identity graph removed."""
         self.flush()
-        erasure = Erasure({"identifiers": len({*forget.identifiers, *identifiers}), "segments": forget.segments})
-        if graph:
-            erasure.add("identity_graph", graph)
-        self.eraser.redis(forget.customer_id, [*forget.identifiers, *identifiers], erasure)
-        known = {f"{kind}:{value}" for kind, value in (*forget.identifiers, *identifiers)}
-        for writer in (self.change_file, self.dead_letter_file, self.profile_file):
-            if writer.path is not None:
-                writer.close()
-                erasure.add("output_lines", scrub_jsonl(writer.path, erasure.customer_ids, known))
+        erased = self.eraser.erase(forget, identifiers, graph)
+        writers = [w for w in (self.change_file, self.dead_letter_file, self.profile_file) if w.path is not None]
+        for writer in writers:
+            writer.close()
+        try:
+            return self.eraser.finish(erased, [w.path for w in writers if w.path is not None], self.receipts_out)
+        finally:
+            for writer in writers:
                 writer.reopen()
-        receipt = self.eraser.receipt(forget.customer_id, f"event:{forget.event_id}", forget.event_time, erasure)
-        self.receipt_file.write(receipt.to_dict())
-        self.receipt_file.flush()
-        return receipt
 
     def _maybe_flush(self) -> None:
         if len(self._changes) + len(self._touched) + len(self._dead) + len(self._merges) >= self.batch_size:
@@ -151,5 +146,5 @@ class OutputSink:
 
     def close(self) -> None:
         self.flush()
-        for writer in (self.change_file, self.dead_letter_file, self.profile_file, self.receipt_file):
+        for writer in (self.change_file, self.dead_letter_file, self.profile_file):
             writer.close()

@@ -37,8 +37,9 @@ MIN_TS = -(2**62)  # the watermark before any event
 
 Counts = Counter[tuple[str, ...]]  # ("events_in",), (type, outcome), ("change", segment, change), ...
 
-# Kinds of the outputs both steps yield as (kind, value) pairs.
-CHANGE, PROFILE, FINAL, DEAD, COUNTS = "change", "profile", "final", "dead", "counts"
+# Kinds of the outputs both steps yield as (kind, value) pairs. FORGOTTEN: a
+# :class:`transforms.privacy.Forget`, after the changes of its step (the sink erases the customer).
+CHANGE, PROFILE, FINAL, DEAD, COUNTS, FORGOTTEN = "change", "profile", "final", "dead", "counts", "forgotten"
 
 
 @dataclass(slots=True)
@@ -172,15 +173,20 @@ class CustomerDriver:
         self.final_started = False
 
     def on_record(self, keyed: Keyed | None, record: Tagged) -> tuple[Keyed | None, list[tuple[str, Any]]]:
-        """A record of this customer: the keyed value to keep (None for a late first event) and the outputs."""
+        """A record of this customer: the keyed value to keep (None for a late first event, or when a
+        forget erased the customer: :meth:`gone`) and the outputs."""
         out: list[tuple[str, Any]] = []
         if keyed is not None:
             self._fire(keyed, record.tag, out)
+            if self.gone(keyed):
+                keyed = None  # forgotten: the event starts a new customer, as in the core loop
         event = record.event
         if event is None:  # the input ended: the customer goes to the end, its final profile follows
             if keyed is not None:
                 end = record.end or 0
                 self._emit(keyed, self.logic.on_timer(keyed.state, keyed.pending, end, end, bounded=True), out)
+                if self.gone(keyed):
+                    keyed = None
             return keyed, out
         state = keyed.state if keyed is not None else None
         late, timer = self.logic.admit(state.clock if state else None, keyed.wake if keyed else None, event)
@@ -208,6 +214,11 @@ class CustomerDriver:
         out: list[tuple[str, Any]] = []
         self._fire(keyed, watermark, out)
         return out
+
+    def gone(self, keyed: Keyed) -> bool:
+        """Whether nothing is left of the customer (a forget erased it and no event came since): the
+        engine drops its keyed value, as the core loop drops the customer (no final profile)."""
+        return keyed.wake is None and not keyed.pending and self.logic.is_blank(keyed.state)
 
     @staticmethod
     def trigger(keyed: Keyed | None) -> int | None:
@@ -241,6 +252,7 @@ class CustomerDriver:
         keyed.pending = step.remaining
         keyed.wake = step.wake
         out.extend((CHANGE, change) for change in step.changes)
+        out.extend((FORGOTTEN, forget) for forget in step.forgotten)  # after its exits: they are kept
         keyed.counts.update((event.type, "accepted") for event in step.accepted)
         keyed.counts.update((event.type, "duplicate") for event in step.duplicates)
         if step.no_consent or step.revocations or step.forgotten:
@@ -248,7 +260,11 @@ class CustomerDriver:
                 {("no_consent",): len(step.no_consent), ("consent_revocations",): step.revocations,
                  ("forgets",): len(step.forgotten)}
             )  # fmt: skip
-        keyed.touched = keyed.touched or step.touched
+        # A profile rendered before a forget would be written after the sink erased the customer.
+        keyed.touched = step.touched or (keyed.touched and not step.forgotten)
+        if self.logic.erased(keyed.state, step):  # the keyed value goes (gone): its counts now
+            out.append((COUNTS, keyed.counts))
+            keyed.counts = Counter()
 
 
 def count_output(counts: Counts, kind: str, value: Any) -> None:

@@ -1,4 +1,4 @@
-"""Forget (right to erasure): a ``forget`` event on the core engine and ``segstream forget`` remove the
+"""Forget (right to erasure): a ``forget`` event (on every engine) and ``segstream forget`` remove the
 customer from engine state, the identity graph, Redis and the JSONL outputs, leaving only the forget
 exits (the notification downstream) and a deletion receipt without personal data."""
 
@@ -27,6 +27,7 @@ from pipelines.snapshot_store import SnapshotStore
 from tests.conftest import make_spec, read_jsonl
 from tests.redis_scan import file_items, redis_items, traces
 from tests.test_end_to_end import outputs, run_cli
+from tests.test_parity import run as run_engine
 from transforms.config import load_config
 from transforms.events import Event
 from transforms.identifiers import hash_email
@@ -287,3 +288,64 @@ def test_segstream_forget_erases_a_customer_from_redis_saved_state_and_files(
     assert again.exit_code == 0 and "redis_keys 0" in again.output and "stream_entries 0" in again.output
     bad = CliRunner().invoke(main, ["forget", "--identifier", "phone:1", *state])
     assert bad.exit_code == 2 and "KIND" in bad.output
+
+
+# -- every engine -----------------------------------------------------------------------------------------
+
+
+def unstitched_target() -> list[dict[str, Any]]:
+    """The customer to forget without identity stitching (Beam and Flink refuse it): every event of
+    theirs carries the user id, the other identifiers ride along (they are in the profile)."""
+    return [
+        {**event, "user_id": " u-erase-7 " if event["event_id"] == "x4" else "u-erase-7"} for event in target_events()
+    ]
+
+
+# What the forget of unstitched_target removes, the same on every engine: its 4 identifiers (user id,
+# anonymous id, device id, email hash), one profile hash, a dead letter carrying the user id, its 7
+# changes other than the 3 forget exits in the change stream, and 8 lines (those 7 and the dead
+# letter) in the files. No identifier index entry and no membership are left to remove without
+# stitching (the exits already left the segments).
+REMOVED = {"dead_letters": 1, "deliveries": 0, "identifier_index": 0, "identifiers": 4, "output_lines": 8,
+           "redis_keys": 1, "segment_memberships": 0, "segments": 3, "stream_entries": 7}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["core", "beam", "flink"])
+def test_a_forget_event_leaves_no_trace_on_every_engine(engine: str, tmp_path: Path, redis_url: str) -> None:
+    """The same stream and the same scan on the core loop, the Beam DirectRunner and local PyFlink:
+    after the forget event, Redis (every key and value) and every output file hold nothing of the
+    customer but its forget exits, and one receipt says what went."""
+    config = tmp_path / "salted.yaml"
+    config.write_text(DEFAULT_CONFIG.read_text() + f"\ncleaning:\n  email_salt: {SALT}\n")
+    forget_event = {"event_id": "fx", "type": "forget", "ts": _at(51), "user_id": "u-erase-7"}
+    source = _write(
+        tmp_path / "events.jsonl",
+        others(0, 6) + unstitched_target() + others(6, 6)
+        + [{**others(50, 1)[0], "user_id": "u-erase-7", "event_id": "x6"}, forget_event]
+        + others(51.5, 30, step_h=0.5),
+    )  # fmt: skip
+    out = tmp_path / engine
+    receipts = out / "receipts.jsonl"
+    summary = run_engine(engine, source, out, redis_url, ["--config", str(config), "--receipts-out", str(receipts)])
+    assert summary["forgets"] == 1 and summary["customers"] == 4  # the four others; the forgotten one is gone
+
+    client = redis.Redis.from_url(redis_url)
+    files = [out / name for name in ("changes.jsonl", "profiles.jsonl", "dead_letters.jsonl", "summary.json")]
+    assert traces(redis_items(client), NEEDLES) == []
+    assert traces(file_items([*files, receipts]), NEEDLES) == []
+
+    # The forget exits, in the changes file and the change stream alike: the notification downstream.
+    exits = [c for c in read_jsonl(files[0]) if c["customer_id"] == "user:u-erase-7"]
+    assert len(exits) >= 2 and {(c["change"], c["reason"]) for c in exits} == {("exited", "forget")}
+    stream = [json.loads(f[b"change"]) for _, f in client.xrange(f"{engine}:changes") if b"change" in f]
+    assert [c for c in stream if c["customer_id"] == "user:u-erase-7"] == exits
+    assert {p["customer_id"] for p in read_jsonl(files[1])} == {f"user:other-{n}" for n in range(4)}
+
+    # One receipt, in Redis and the file: counts of what went, a salted reference, no personal data.
+    (receipt,) = read_jsonl(receipts)
+    ((_, fields),) = client.xrange(f"{engine}:receipts")
+    assert json.loads(fields[b"receipt"]) == receipt
+    assert receipt["requested_by"] == "event:fx" and receipt["event_time"] == _at(51)
+    removed = receipt["removed"]
+    print(f"{engine}: receipt removed {removed}")
+    assert removed == REMOVED and removed["segments"] == len(exits)

@@ -150,3 +150,8 @@ class PrivacyLogic:
     def is_blank(state: CustomerState) -> bool:
         """Whether ``state`` holds nothing (a forgotten customer with no event since): engines drop it."""
         return state.seq == 0 and state.consent and state.features.last_seen is None and not state.segments
+
+    def erased(self: CustomerLogic, state: CustomerState, step: Step) -> bool:
+        """Whether ``step`` forgot the customer and nothing of theirs came after: every engine drops
+        the customer then (no state, no final profile), as if it had never been seen."""
+        return bool(step.forgotten) and not step.remaining and self.is_blank(state)
