@@ -73,6 +73,32 @@ class FlinkCluster:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.load(response)
 
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.rest("/jobs/overview")["jobs"]
+
+    def cancel_unfinished(self) -> None:
+        """Cancel every job still running (so one test's stuck job cannot slow the next one down)."""
+        for job in self.jobs():
+            if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+                request = urllib.request.Request(f"{self.url}/jobs/{job['jid']}?mode=cancel", method="PATCH")
+                urllib.request.urlopen(request, timeout=10).close()
+
+    def diagnostics(self) -> str:
+        """What to read when a test on the cluster fails: the jobs, their exceptions, the logs' errors."""
+        parts = []
+        try:
+            for job in self.jobs():
+                parts.append(f"job {job['jid']} {job['state']} tasks {job.get('tasks')}")
+                history = self.rest(f"/jobs/{job['jid']}/exceptions").get("exceptionHistory", {}).get("entries", [])
+                parts += [entry.get("stacktrace", "")[:2000] for entry in history[-2:]]
+        except OSError as error:
+            parts.append(f"REST API not answering: {error}")
+        for log in sorted((self.home / "log").glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            errors = [line for line in lines if "ERROR" in line or "Exception" in line]
+            parts.append(f"--- {log.name}: {len(lines)} lines, last errors:\n" + "\n".join(errors[-15:]))
+        return "\n".join(parts)
+
     def taskmanager_pids(self) -> list[int]:
         pid_file = self.home / "pids" / f"flink-{os.environ.get('USER', '')}-taskexecutor.pid"
         if not pid_file.exists():

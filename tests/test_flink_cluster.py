@@ -41,6 +41,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
         cluster.stop()
 
 
+@pytest.fixture(autouse=True)
+def cancelled_after(cluster: FlinkCluster) -> Iterator[None]:
+    """A job left running by a failed test is cancelled before the next test starts."""
+    yield
+    cluster.cancel_unfinished()
+
+
 def submit(cluster: FlinkCluster, source: Path, redis_url: str, out: Path, *conf: str) -> subprocess.Popen[str]:
     args = [str(SUBMIT), "--", "--source", str(source), "--redis-url", redis_url, "--redis-prefix", "flink",
             "--now", str(NOW_MS), "--changes-out", str(out / "changes.jsonl"),
@@ -90,8 +97,7 @@ def test_submit_script_runs_the_job_on_a_standalone_cluster(
     source = tmp_path / "events.jsonl"
     source.write_text("\n".join(sample_lines(150, seed=3)) + "\n")
     job = submit(cluster, source, redis_url, tmp_path / "flink")
-    output, _ = job.communicate(timeout=300)
-    assert job.returncode == 0, output
+    output = finish(job, cluster, 300)
     assert "segstream run on flink" in output
     core_run(source, redis_url, tmp_path / "core")
     assert_same_outputs(tmp_path / "flink", tmp_path / "core", redis_url)
@@ -105,21 +111,20 @@ def test_the_job_recovers_from_a_lost_taskmanager_with_the_same_outputs(
     out = tmp_path / "flink"
     job = submit(cluster, source, redis_url, out, "execution.checkpointing.interval=2s")
     try:
-        job_id = wait_for(lambda: running_job(cluster), 120, "the job to start")
-        wait_for(lambda: completed_checkpoints(cluster, job_id) >= 1, 120, "a completed checkpoint")
-        wait_for(lambda: len(read_jsonl(out / "changes.jsonl")) >= 1000, 120, "changes written")
+        job_id = wait_for(cluster, lambda: running_job(cluster), 120, "the job to start")
+        wait_for(cluster, lambda: completed_checkpoints(cluster, job_id) >= 1, 120, "a completed checkpoint")
+        wait_for(cluster, lambda: len(read_jsonl(out / "changes.jsonl")) >= 1000, 120, "changes written")
         changes_before = len(read_jsonl(out / "changes.jsonl"))
         victim = cluster.taskmanager_pids()[0]
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: recovered(cluster, job_id), 120, "the job to restore from its checkpoint")
+        wait_for(cluster, lambda: recovered(cluster, job_id), 120, "the job to restore from its checkpoint")
         recovery_s = time.monotonic() - killed_at
-        output, _ = job.communicate(timeout=300)
+        finish(job, cluster, 300)
     finally:
         if job.poll() is None:
             job.kill()
         cluster.daemon("taskmanager.sh", "start")  # back to two for the next test
-    assert job.returncode == 0, output
     core_run(source, redis_url, tmp_path / "core")
     assert_same_outputs(out, tmp_path / "core", redis_url)
     changes_after = len(read_jsonl(out / "changes.jsonl"))
@@ -128,7 +133,20 @@ def test_the_job_recovers_from_a_lost_taskmanager_with_the_same_outputs(
     assert recovery_s < 60
 
 
-def wait_for(check: Any, timeout_s: float, what: str) -> Any:
+def finish(job: subprocess.Popen[str], cluster: FlinkCluster, timeout_s: float) -> str:
+    """The output of ``flink run``, which must end well within ``timeout_s``; a failure says why."""
+    try:
+        output, _ = job.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        output, _ = job.communicate()
+        explanation = f"{output}\n{cluster.diagnostics()}"
+        raise AssertionError(f"flink run still running after {timeout_s} s:\n{explanation}") from None
+    assert job.returncode == 0, f"{output}\n{cluster.diagnostics()}"
+    return output
+
+
+def wait_for(cluster: FlinkCluster, check: Any, timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -138,7 +156,7 @@ def wait_for(check: Any, timeout_s: float, what: str) -> Any:
         if result:
             return result
         time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
+    raise TimeoutError(f"timed out waiting for {what}\n{cluster.diagnostics()}")
 
 
 def running_job(cluster: FlinkCluster) -> str | None:
