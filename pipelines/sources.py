@@ -6,8 +6,12 @@ Decoding failures are records too (``payload`` is the raw text and ``error`` say
 
 from __future__ import annotations
 
+import bz2
 import gzip
-from collections.abc import Iterator
+import io
+import lzma
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -24,6 +28,28 @@ from transforms.dead_letters import Reason, Rejection
 from transforms.timestamps import parse_event_time
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".avro")
+MAX_AVRO_BLOCK_BYTES = 64 * 1024 * 1024  # an Avro block inflating past this is corrupt (a decompression bomb)
+
+
+def _capped(make: Callable[[], Any], *args: Any) -> Callable[[BinaryIO], io.BytesIO]:
+    """A fastavro block reader for a compressed codec that stops inflating at MAX_AVRO_BLOCK_BYTES:
+    fastavro's own readers inflate a block whole, so a few KB could claim gigabytes of memory."""
+
+    def read_block(handle: BinaryIO) -> io.BytesIO:
+        data = fastavro.schemaless_reader(handle, "bytes")  # the block: its length, then its bytes
+        inflater = make(*args)
+        out = inflater.decompress(data, MAX_AVRO_BLOCK_BYTES + 1)
+        if len(out) > MAX_AVRO_BLOCK_BYTES:
+            raise ValueError(f"a block inflates to more than {MAX_AVRO_BLOCK_BYTES:,} bytes")
+        return io.BytesIO(out)
+
+    return read_block
+
+
+# Registered once for the process; below the cap they read exactly what fastavro's readers read.
+fastavro.read.BLOCK_READERS.update(
+    deflate=_capped(zlib.decompressobj, -15), bzip2=_capped(bz2.BZ2Decompressor), xz=_capped(lzma.LZMADecompressor)
+)
 
 
 class SourceError(Exception):

@@ -10,17 +10,20 @@ contract tables; the long fuzz run (a million inputs) is ``python bench/fuzz.py`
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import hmac
 import io
 import json
+import lzma
 import math
 import pickle
 import re
 import tempfile
 import time
 import tracemalloc
+import zlib
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from hypothesis import strategies as st
 
 import schemas
 from pipelines.job import clean_record
-from pipelines.sources import RawRecord, decode_json, read_records, record_event_time
+from pipelines.sources import MAX_AVRO_BLOCK_BYTES, RawRecord, decode_json, read_records, record_event_time
 from schemas import load_schema
 from transforms.cleaning import DAY_MS, KNOWN_FIELDS, MAX_NESTING, Cleaner, CleaningConfig
 from transforms.dead_letters import DeadLetter, Reason
@@ -954,3 +957,44 @@ def test_avro_schemas_of_zero_byte_values_still_read(tmp_path: Path) -> None:
     schema = {"type": "record", "name": "A", "fields": [{"name": "a", "type": {"type": "array", "items": "boolean"}}]}
     _write_avro(tmp_path / "arrays.avro", schema, [{"a": [True] * 100}] * 3)
     assert [raw.error for raw in read_records(tmp_path / "arrays.avro", MAX_BYTES)] == [None] * 3
+
+
+@pytest.mark.parametrize("codec", ["deflate", "bzip2", "xz"])
+def test_avro_codecs_read_as_written(tmp_path: Path, codec: str) -> None:
+    """The capped block readers read what fastavro wrote, record for record."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "event_id", "type": "string"}]}
+    records = [{"event_id": f"e{i}" * 20} for i in range(500)]
+    _write_avro(tmp_path / "in.avro", schema, records, codec=codec, sync_interval=2000)
+    raws = list(read_records(tmp_path / "in.avro", 10_000))
+    assert [raw.payload for raw in raws] == records
+
+
+@pytest.mark.parametrize(
+    ("codec", "compressor"),
+    [
+        ("deflate", lambda: zlib.compressobj(9, zlib.DEFLATED, -15)),
+        ("bzip2", bz2.BZ2Compressor),
+        ("xz", lzma.LZMACompressor),
+    ],
+)
+def test_regression_avro_decompression_bomb_is_a_dead_letter_in_bounded_memory(
+    tmp_path: Path, codec: str, compressor: Any
+) -> None:
+    """A block of a few KB that inflates to 80 MiB (or 80 GiB: fastavro inflated a block whole)
+    stops at MAX_AVRO_BLOCK_BYTES; the rest of the file is one dead letter."""
+    path = tmp_path / "bomb.avro"
+    _write_avro(path, {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}, [], codec=codec)
+    content = path.read_bytes()
+    sync = content[-16:]  # an empty file ends with its header's sync marker
+    packer, zeros = compressor(), b"\0" * (1 << 24)
+    bomb = b"".join(packer.compress(zeros) for _ in range(5)) + packer.flush()
+    path.write_bytes(content + _zigzag(1) + _zigzag(len(bomb)) + bomb + sync)
+    tracemalloc.start()
+    try:
+        raws, results = _read_and_check(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_AVRO_BLOCK_BYTES  # the output buffer grows by doubling
+    assert [raw.position for raw in raws] == ["after record 0"]
+    assert isinstance(results[0], DeadLetter) and "inflates to more than" in results[0].message
