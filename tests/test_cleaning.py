@@ -415,6 +415,33 @@ def test_clear_email_is_nowhere_in_the_event() -> None:
     assert not _contains_clear_email(json.dumps(event.to_record()))
 
 
+PHONE, IP = "+44 20 7946 0958", "203.0.113.7"
+
+
+def test_pii_properties_are_hashed_on_entry_wherever_they_sit() -> None:
+    event = accepted(page_view(Phone=PHONE, properties={"ip": IP, "name": {"first": "Ann"}, "utm": "x"}))
+    assert event.properties == {
+        "Phone": expected_hash(PHONE),
+        "ip": expected_hash(IP),
+        "name": "<redacted>",
+        "utm": "x",
+    }
+    text = json.dumps(event.to_record())
+    assert PHONE not in text and IP not in text and "Ann" not in text
+
+
+def test_pii_properties_are_hashed_in_dead_letters() -> None:
+    letter = rejected(page_view(phone=PHONE, type="teleport", properties={"ip_address": IP}))
+    payload = json.loads(letter.payload)
+    assert payload["phone"] == expected_hash(PHONE) and payload["properties"]["ip_address"] == expected_hash(IP)
+
+
+def test_the_pii_list_is_configurable() -> None:
+    cleaner = Cleaner(CleaningConfig(email_salt="test-salt", pii_properties=frozenset({"loyalty_card"})))
+    event = accepted(page_view(loyalty_card=1234, phone=PHONE), cleaner)
+    assert event.properties == {"loyalty_card": expected_hash("1234"), "phone": PHONE}
+
+
 @pytest.mark.parametrize(
     "record",
     [

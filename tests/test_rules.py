@@ -269,6 +269,11 @@ def test_parse_config_values_and_salt() -> None:
     assert salted.cleaning.email_salt == "pepper" and salted.default_salt is False
     in_file = parse_config({**document, "cleaning": {"email_salt": "sel"}}, env={"SEGSTREAM_EMAIL_SALT": "x"})
     assert in_file.cleaning.email_salt == "sel"
+    assert "phone" in config.cleaning.pii_properties
+    pii = parse_config({**document, "cleaning": {"pii_properties": ["Loyalty_Card"]}}, env={})
+    assert pii.cleaning.pii_properties == frozenset({"loyalty_card"})
+    with pytest.raises(ConfigError, match="cleaning.pii_properties must be a list of field names"):
+        parse_config({**document, "cleaning": {"pii_properties": "phone"}}, env={})
 
 
 def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:

@@ -47,6 +47,29 @@ KNOWN_FIELDS = frozenset(
     }
 )
 DAY_MS = 86_400_000
+# Extra fields (top level or in ``properties``) that identify a person directly: their values are
+# hashed like emails on entry (names compared in lower case; ``cleaning.pii_properties`` replaces the list).
+DEFAULT_PII_PROPERTIES = frozenset(
+    [
+        "phone",
+        "phone_number",
+        "mobile",
+        "ip",
+        "ip_address",
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "address",
+        "street",
+        "postal_code",
+        "zip",
+        "birth_date",
+        "date_of_birth",
+        "ssn",
+        "passport",
+    ]
+)
 # An address-shaped token in raw text (a line that is not JSON, an oversized line's head). It only
 # starts where a token starts (the lookbehind) and its local part never backtracks (possessive): a
 # plain ``[^...]+@`` retried at every offset of a long run without '@' is quadratic (a 64 KiB line: 16 s).
@@ -64,6 +87,7 @@ class CleaningConfig:
     email_salt: str
     max_future_ms: int = DAY_MS
     max_record_bytes: int = 64 * 1024
+    pii_properties: frozenset[str] = DEFAULT_PII_PROPERTIES  # lower-case names of extra fields to hash
 
 
 def _text(record: dict[str, Any], name: str, required: bool = False) -> str | None:
@@ -171,13 +195,34 @@ def _json_payload(record: object) -> str:
         return json.dumps(_printable(record), default=repr, ensure_ascii=False)
 
 
-def _properties(record: dict[str, Any]) -> dict[str, Any]:
+def _properties(record: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
     given = record.get("properties")
     if given is not None and not isinstance(given, dict):
         raise Rejection(Reason.WRONG_TYPE, "properties", "properties must be an object")
     properties = dict(given or {})
     properties.update((k, v) for k, v in record.items() if k not in KNOWN_FIELDS)
-    return properties
+    return _hash_pii(properties, config)
+
+
+def _hash_pii(fields: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
+    """``fields`` with the values of the PII names hashed (text and numbers; anything else redacted).
+
+    >>> config = CleaningConfig(email_salt="s")
+    >>> hashed = _hash_pii({"Phone": "+44 20 7946 0000", "utm": "x", "name": {"first": "Ann"}}, config)
+    >>> hashed["Phone"] == hash_email("+44 20 7946 0000", "s"), hashed["utm"], hashed["name"]
+    (True, 'x', '<redacted>')
+    """
+    pii = config.pii_properties
+    if not any(isinstance(key, str) and key.lower() in pii for key in fields):
+        return fields
+    return {key: _pseudonym(value, config.email_salt) if isinstance(key, str) and key.lower() in pii else value
+            for key, value in fields.items()}  # fmt: skip
+
+
+def _pseudonym(value: Any, salt: str) -> str:
+    if isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return hash_email(str(value), salt)
+    return "<redacted>"
 
 
 class Cleaner:
@@ -240,7 +285,7 @@ class Cleaner:
             amount=amount,
             currency=currency,
             consent=_consent(record),
-            properties=_properties(record),
+            properties=_properties(record, self.config),
             source=source,
             position=position,
         )
@@ -278,6 +323,11 @@ class Cleaner:
         )
 
     def _pseudonymize(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its email and its PII fields (top level and in ``properties``) hashed."""
+        record = _hash_pii(record, self.config)
+        properties = record.get("properties")
+        if isinstance(properties, dict):
+            record = {**record, "properties": _hash_pii(properties, self.config)}
         email = record.get("email")
         if isinstance(email, str):
             return {**record, "email": hash_email(email, self.config.email_salt)}

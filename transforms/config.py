@@ -47,7 +47,7 @@ _TOP_KEYS = {
     "models",
 }
 _IDENTITY_LIMITS = ("max_user_ids_per_identifier", "max_anonymous_ids_per_identifier", "max_identifiers_per_customer")
-_CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes"}
+_CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes", "pii_properties"}
 _STREAM_KEYS = {"max_out_of_orderness", "allowed_lateness", "dedup_horizon"}
 _ENGAGEMENT_KEYS = {"weights", "half_life", "saturation"}
 _MODEL_DURATIONS = {
@@ -118,6 +118,9 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
     max_bytes = cleaning.get("max_record_bytes", clean_defaults.max_record_bytes)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ConfigError("config: cleaning.max_record_bytes must be a positive integer")
+    pii = cleaning.get("pii_properties", sorted(clean_defaults.pii_properties))
+    if not isinstance(pii, list) or not all(isinstance(name, str) and name for name in pii):
+        raise ConfigError("config: cleaning.pii_properties must be a list of field names")
     try:
         webhooks = parse_webhooks(document.get("webhooks"), known_segments=set(rules.segments))
     except WebhookConfigError as error:
@@ -128,6 +131,7 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
             email_salt=str(salt or DEFAULT_EMAIL_SALT),
             max_future_ms=_duration(cleaning, "max_future", "cleaning", clean_defaults.max_future_ms),
             max_record_bytes=max_bytes,
+            pii_properties=frozenset(name.lower() for name in pii),
         ),
         stream=StreamConfig(
             max_out_of_orderness_ms=_duration(
