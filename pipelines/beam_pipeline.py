@@ -44,6 +44,10 @@ from transforms.rfm import Population
 
 DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
 FORGOTTEN = "forgotten"  # a forget event's Forget, after the changes of its step
+# The customer step's one output to the sink: (kind, value) pairs of the kinds above but DEAD, in the
+# order the step made them (one output keeps that order through the runner, several would not: a
+# forget's erase must come after its exits).
+TO_SINK = "to_sink"
 
 
 def beam_timestamp(ms: int) -> Timestamp:
@@ -80,14 +84,14 @@ class CustomerStepFn(beam.DoFn):
     def emit(self, step: Step, customer: CustomerState, acknowledge: bool = False) -> Iterator[Any]:
         METRICS.record_step(step)
         for change in step.changes:
-            yield beam.pvalue.TaggedOutput(CHANGES, change)
+            yield beam.pvalue.TaggedOutput(TO_SINK, (CHANGES, change))
         for forget in step.forgotten:  # after its forget exits: the sink erases the rest
-            yield beam.pvalue.TaggedOutput(FORGOTTEN, forget)
+            yield beam.pvalue.TaggedOutput(TO_SINK, (FORGOTTEN, forget))
         if step.touched:
-            yield beam.pvalue.TaggedOutput(PROFILES, self.logic.profile(customer))
+            yield beam.pvalue.TaggedOutput(TO_SINK, (PROFILES, self.logic.profile(customer)))
         if acknowledge:
             for event in step.accepted + step.duplicates:
-                yield beam.pvalue.TaggedOutput(ACKS, (event.source, event.position))
+                yield beam.pvalue.TaggedOutput(TO_SINK, (ACKS, (event.source, event.position)))
 
 
 _WORKER_POPULATIONS: dict[str, Population] = {}  # live pipeline -> this worker's buyers
@@ -178,7 +182,7 @@ class LiveCustomerFn(CustomerStepFn):
                 self.logic.model.population.refresh()
                 self.ranked_for_final = True
                 self.publisher.publish()
-            yield beam.pvalue.TaggedOutput(FINAL, self.logic.profile(customer))
+            yield beam.pvalue.TaggedOutput(TO_SINK, (FINAL, self.logic.profile(customer)))
 
     def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:
         events = list(pending.read())
@@ -244,7 +248,7 @@ class WriteRedisFn(beam.DoFn):
         kind, value = item
         if kind == CHANGES:
             self.changes.append(value)
-        elif kind == PROFILES:
+        elif kind in (PROFILES, FINAL):
             self.profiles[value["customer_id"]] = value
         elif kind == DEAD:
             self.dead.append(value)
@@ -291,6 +295,11 @@ class WriteJsonLinesFn(beam.DoFn):
         self.writer.close()
 
 
+def _of_kind(item: tuple[str, Any], kind: str) -> Iterator[Any]:
+    if item[0] == kind:
+        yield item[1]
+
+
 def _count_dead_letter(letter: DeadLetter) -> None:
     METRICS.record_dead_letter(letter)  # the process-wide registry (a bound method would pickle a copy)
 
@@ -317,7 +326,7 @@ def build(
         keyed = (keyed, wakes) | "WithWakes" >> beam.Flatten().with_output_types(beam.typehints.Tuple[str, Any])
     segmented = keyed | "Segment" >> beam.ParDo(customer_step).with_input_types(
         beam.typehints.Tuple[str, Any]
-    ).with_outputs(DEAD, CHANGES, PROFILES, FINAL, ACKS, FORGOTTEN)
+    ).with_outputs(DEAD, TO_SINK)
     dead = (cleaned[DEAD], segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
     _ = dead | "CountDeadLetters" >> beam.Map(_count_dead_letter)
     # Cleaning's dead letters go to Redis from the cleaning stage itself: on a replay chunk they are
@@ -327,19 +336,19 @@ def build(
         | "TagCleaningDeadLetters" >> beam.Map(lambda d: (DEAD, d))
         | "WriteCleaningDeadLetters" >> beam.ParDo(WriteRedisFn(spec, run_key))
     )
-    to_redis = (
-        segmented[CHANGES] | "TagChanges" >> beam.Map(lambda c: (CHANGES, c)),
-        segmented[PROFILES] | "TagProfiles" >> beam.Map(lambda p: (PROFILES, p)),
-        segmented[FINAL] | "TagFinal" >> beam.Map(lambda p: (PROFILES, p)),
-        segmented[DEAD] | "TagDeadLetters" >> beam.Map(lambda d: (DEAD, d)),
-        segmented[ACKS] | "TagAcks" >> beam.Map(lambda a: (ACKS, a)),
-        segmented[FORGOTTEN] | "TagForgotten" >> beam.Map(lambda f: (FORGOTTEN, f)),
-    ) | "ToRedis" >> beam.Flatten()
-    _ = to_redis | "WriteRedis" >> beam.ParDo(WriteRedisFn(spec, run_key))
-    for name, pcoll, path in (
-        ("Changes", segmented[CHANGES], spec.outputs.changes),
-        ("Profiles", segmented[FINAL], spec.outputs.profiles),
-        ("DeadLetters", dead, spec.outputs.dead_letters),
-    ):
+    _ = (
+        segmented[DEAD]
+        | "TagLateDeadLetters" >> beam.Map(lambda d: (DEAD, d))
+        | "WriteLateDeadLetters" >> beam.ParDo(WriteRedisFn(spec, run_key))
+    )
+    to_sink = segmented[TO_SINK]
+    _ = to_sink | "WriteRedis" >> beam.ParDo(WriteRedisFn(spec, run_key))
+    for name, kind, path in (("Changes", CHANGES, spec.outputs.changes), ("Profiles", FINAL, spec.outputs.profiles)):
         if path is not None:
-            _ = pcoll | f"Write{name}" >> beam.ParDo(WriteJsonLinesFn(str(path)))
+            _ = (
+                to_sink
+                | f"Only{name}" >> beam.FlatMap(_of_kind, kind)
+                | f"Write{name}" >> beam.ParDo(WriteJsonLinesFn(str(path)))
+            )
+    if spec.outputs.dead_letters is not None:
+        _ = dead | "WriteDeadLetters" >> beam.ParDo(WriteJsonLinesFn(str(spec.outputs.dead_letters)))

@@ -311,7 +311,7 @@ def main() -> None:
 @click.option(
     "--receipts-out",
     type=click.Path(path_type=Path),
-    help="JSONL file the deletion receipts of forget events are appended to (--engine core).",
+    help="JSONL file the deletion receipts of forget events are appended to (Beam and Flink: at the end of the run).",
 )
 @click.option(
     "--churn-days",

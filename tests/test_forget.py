@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +27,10 @@ from pipelines.forget import parse_identifier
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputPaths, OutputSink
 from pipelines.snapshot_store import SnapshotStore
-from tests.conftest import make_spec, read_jsonl
+from tests.conftest import NOW_MS, free_port, make_spec, read_jsonl
 from tests.redis_scan import file_items, redis_items, traces
 from tests.test_end_to_end import outputs, run_cli
+from tests.test_live_stream import stream_source
 from tests.test_parity import run as run_engine
 from transforms.config import load_config
 from transforms.events import Event
@@ -349,3 +353,78 @@ def test_a_forget_event_leaves_no_trace_on_every_engine(engine: str, tmp_path: P
     removed = receipt["removed"]
     print(f"{engine}: receipt removed {removed}")
     assert removed == REMOVED and removed["segments"] == len(exits)
+
+
+@pytest.mark.parametrize("engine", ["beam", "flink"])
+def test_a_live_forget_erases_redis_while_running_and_the_files_at_the_drain(
+    engine: str, tmp_path: Path, redis_url: str
+) -> None:
+    """Live runs (Beam: a Redis stream; Flink: a watched directory): the customer is gone from Redis
+    while the job still runs; the drain scrubs the files and writes the receipt."""
+    config = tmp_path / "salted.yaml"
+    config.write_text(DEFAULT_CONFIG.read_text() + f"\ncleaning:\n  email_salt: {SALT}\n")
+    forget_event = {"event_id": "fx", "type": "forget", "ts": _at(51), "user_id": "u-erase-7"}
+    records = (
+        others(0, 6) + unstitched_target() + others(6, 6)
+        + [{**others(50, 1)[0], "user_id": "u-erase-7", "event_id": "x6"}, forget_event]
+        + others(51.5, 30, step_h=0.5)
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    out, receipts = tmp_path / "out", tmp_path / "out" / "receipts.jsonl"
+    if engine == "beam":
+        source = stream_source(redis_url, "clicks", "?group=jobs")
+    else:
+        source = str(tmp_path / "inbox")
+        (tmp_path / "inbox").mkdir()
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--engine", engine, "--source", source, "--redis-url",
+         redis_url, "--now", str(NOW_MS), "--config", str(config), "--no-progress", "--metrics-port", str(free_port()),
+         "--changes-out", str(out / "changes.jsonl"), "--profiles-out", str(out / "profiles.jsonl"),
+         "--dead-letter-out", str(out / "dead_letters.jsonl"), "--summary-out", str(out / "summary.json"),
+         "--receipts-out", str(receipts)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def outputs_in_redis() -> list[tuple[str, str]]:  # the job's keys (the source stream is the producer's)
+        return [item for item in redis_items(client) if item[0].startswith("segstream:")]
+
+    def erased() -> bool:
+        stream = [json.loads(f[b"change"]) for _, f in client.xrange("segstream:changes") if b"change" in f]
+        exits = [c for c in stream if c["customer_id"] == "user:u-erase-7" and c["reason"] == "forget"]
+        return bool(exits) and traces(outputs_in_redis(), NEEDLES) == []
+
+    try:
+        if engine == "beam":
+            for record in records:
+                client.xadd("clicks", {"event": json.dumps(record)})
+        else:
+            staged = tmp_path / "part-1.jsonl"
+            staged.write_text("".join(json.dumps(r) + "\n" for r in records))
+            staged.rename(tmp_path / "inbox" / staged.name)
+        started = time.monotonic()
+        deadline = started + 180
+        while not erased():
+            assert time.monotonic() < deadline and job.poll() is None, "the live job did not erase the customer"
+            time.sleep(0.2)
+        print(f"{engine} live: erased from Redis {time.monotonic() - started:.1f} s after the input was handed over")
+        assert not receipts.exists()  # the files are not scrubbed yet: the receipt waits for them
+        job.send_signal(signal.SIGINT)
+        output, _ = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, output
+    assert json.loads((out / "summary.json").read_text())["forgets"] == 1
+    files = [out / name for name in ("changes.jsonl", "profiles.jsonl", "dead_letters.jsonl", "summary.json")]
+    assert traces(outputs_in_redis(), NEEDLES) == [] and traces(file_items([*files, receipts]), NEEDLES) == []
+    exits = [c for c in read_jsonl(files[0]) if c["customer_id"] == "user:u-erase-7"]
+    assert len(exits) == 3 and {(c["change"], c["reason"]) for c in exits} == {("exited", "forget")}
+    assert {p["customer_id"] for p in read_jsonl(files[1])} == {f"user:other-{n}" for n in range(4)}
+    (receipt,) = read_jsonl(receipts)
+    ((_, fields),) = client.xrange("segstream:receipts")
+    assert json.loads(fields[b"receipt"]) == receipt
+    # Live, the customer's profile (with its identifiers) may reach Redis before the forget: then the
+    # identifier index held them too. No membership is left: the exits were written before the erase.
+    removed = receipt["removed"]
+    print(f"{engine} live: receipt removed {removed}")
+    assert removed["identifier_index"] in (0, 4) and {**removed, "identifier_index": 0} == REMOVED
