@@ -272,7 +272,7 @@ def test_parse_config_values_and_salt() -> None:
     assert "phone" in config.cleaning.pii_properties
     pii = parse_config({**document, "cleaning": {"pii_properties": ["Loyalty_Card"]}}, env={})
     assert pii.cleaning.pii_properties == frozenset({"loyalty_card"})
-    with pytest.raises(ConfigError, match="cleaning.pii_properties must be a list of field names"):
+    with pytest.raises(ConfigError, match=r"cleaning\.pii_properties must be a list of field names"):
         parse_config({**document, "cleaning": {"pii_properties": "phone"}}, env={})
 
 
