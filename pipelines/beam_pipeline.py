@@ -16,8 +16,9 @@ which erases the customer from Redis once what came before it is written
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from transforms.cleaning import Cleaner, CleaningConfig
 from transforms.config import JobConfig
 from transforms.customer import CustomerState, Step
 from transforms.dead_letters import DeadLetter
+from transforms.events import FORGET, Event
 from transforms.rfm import Population
 
 DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
@@ -132,12 +134,13 @@ class LiveCustomerFn(CustomerStepFn):
     def process(
         self,
         element: tuple[str, Any],
+        state=beam.DoFn.StateParam(STATE),
         clock=beam.DoFn.StateParam(CLOCK),
         pending=beam.DoFn.StateParam(PENDING),
         tick=beam.DoFn.TimerParam(TICK),
         final=beam.DoFn.TimerParam(FINAL),
     ) -> Iterator[Any]:
-        _, event = element
+        key, event = element
         meta = clock.read()
         if meta is None:
             meta = (None, None)
@@ -145,6 +148,10 @@ class LiveCustomerFn(CustomerStepFn):
         late, timer = self.logic.admit(meta[0], meta[1], event)
         if late:
             yield beam.pvalue.TaggedOutput(DEAD, self.logic.late_letter(event))
+            return
+        if event.type == FORGET:  # carried out as it arrives
+            forget = functools.partial(self.logic.forget_now, event=event)
+            yield from self._advance(key, state, clock, pending, tick, forget, skip_unknown=False)
             return
         pending.add(event)
         if timer is not None:
@@ -162,7 +169,7 @@ class LiveCustomerFn(CustomerStepFn):
         pending=beam.DoFn.StateParam(PENDING),
         tick=beam.DoFn.TimerParam(TICK),
     ) -> Iterator[Any]:
-        yield from self._advance(key, fired.micros // 1000, state, clock, pending, tick)
+        yield from self._advance(key, state, clock, pending, tick, self._until(fired.micros // 1000))
 
     @on_timer(FINAL)
     def on_final(
@@ -174,7 +181,7 @@ class LiveCustomerFn(CustomerStepFn):
         pending=beam.DoFn.StateParam(PENDING),
         tick=beam.DoFn.TimerParam(TICK),
     ) -> Iterator[Any]:
-        yield from self._advance(key, fired.micros // 1000, state, clock, pending, tick)
+        yield from self._advance(key, state, clock, pending, tick, self._until(fired.micros // 1000))
         customer = state.read()
         if customer is not None:
             METRICS.customers.inc()
@@ -184,13 +191,20 @@ class LiveCustomerFn(CustomerStepFn):
                 self.publisher.publish()
             yield beam.pvalue.TaggedOutput(TO_SINK, (FINAL, self.logic.profile(customer)))
 
-    def _advance(self, key: str, fired_at: int, state, clock, pending, tick) -> Iterator[Any]:
+    def _until(self, fired_at: int) -> Callable[[CustomerState, list[Event]], Step]:
+        """The customer step of a timer fired at ``fired_at``."""
+        return functools.partial(self.logic.on_timer, fired_at=fired_at, end=self.stop_clock.stop_at(), bounded=False)
+
+    def _advance(
+        self, key: str, state, clock, pending, tick, run: Callable[..., Step], skip_unknown: bool = True
+    ) -> Iterator[Any]:
+        """``run(customer, pending events)`` on the customer's state, then keep or drop what is left."""
         events = list(pending.read())
         customer = state.read()
-        if customer is None and not events:
+        if customer is None and not events and skip_unknown:
             return  # a forgotten customer's timer: nothing of theirs is left
         customer = customer or self.logic.new_state(key)
-        step = self.logic.on_timer(customer, events, fired_at, self.stop_clock.stop_at(), bounded=False)
+        step = run(customer, events)
         pending.clear()
         for event in step.remaining:
             pending.add(event)

@@ -44,9 +44,10 @@ from pipelines.metrics import METRICS
 from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import OutputSink
 from pipelines.snapshot_store import SnapshotStore
-from pipelines.sources import read_records, record_event_time
+from pipelines.sources import RawRecord, read_records, record_event_time
 from transforms.config import JobConfig
 from transforms.customer import CustomerLogic, Snapshot, Step
+from transforms.events import FORGET
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,15 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
     handle: BinaryIO | None = None
     records = read_records(Path(spec.source), spec.config.cleaning.max_record_bytes, spec.progress)
     done = 0
+    path = directory / "chunk-00000.pkl"
     for count, record in enumerate(records, start=1):
+        if handle is not None and _is_forget(record):
+            # A forget starts a chunk: it is carried out as it arrives, where the previous chunk
+            # left every customer (the core loop's watermark then), before the chunk's other records.
+            handle.close()
+            handle = None
+            chunks.append(Chunk(path, count - 1 - done, None if max_ts is None else max_ts - out_of_order - 1))
+            done = count - 1
         if handle is None:
             path = directory / f"chunk-{len(chunks):05d}.pkl"
             handle = path.open("wb")
@@ -90,6 +99,11 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
         handle.close()
         chunks.append(Chunk(path, count - done, None if max_ts is None else max_ts - out_of_order - 1))
     return chunks, max_ts
+
+
+def _is_forget(record: RawRecord) -> bool:
+    payload = record.payload
+    return isinstance(payload, dict) and isinstance(payload.get("type"), str) and payload["type"].strip() == FORGET
 
 
 class ReadChunkFn(beam.DoFn):
@@ -140,7 +154,13 @@ class ReplayCustomerFn(CustomerStepFn):
     def on_end(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING)) -> Iterator[Any]:
         snapshot = self.store.get(key) or Snapshot(self.logic.new_state(key), [])
         customer = snapshot.state
-        events, late = self.logic.split_late(customer.clock, snapshot.pending + list(pending.read()))
+        events, arrived = snapshot.pending, list(pending.read())
+        forget = next((event for event in arrived if event.type == FORGET), None)
+        if forget is not None:  # the chunk's first record (split_into_chunks): carried out first
+            first = self.logic.forget_now(customer, events, forget)
+            yield from self.emit(first, customer)
+            events, arrived = first.remaining, [event for event in arrived if event is not forget]
+        events, late = self.logic.split_late(customer.clock, events + arrived)
         for event in late:
             yield beam.pvalue.TaggedOutput(DEAD, self.logic.late_letter(event))
         if self.last:

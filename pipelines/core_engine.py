@@ -29,7 +29,7 @@ from pipelines.sources import read_records
 from transforms.changes import IdentityMerge
 from transforms.customer import CustomerState, Snapshot, Step
 from transforms.dead_letters import DeadLetter
-from transforms.events import Event
+from transforms.events import FORGET, Event
 from transforms.identity import IdentityGraph
 
 
@@ -156,7 +156,10 @@ class CoreEngine:
             self._dead_letter(self.logic.late_letter(event))
             return
         if state is None:
-            self.states[key] = self.logic.new_state(key)
+            state = self.states[key] = self.logic.new_state(key)
+        if event.type == FORGET:  # carried out as it arrives
+            self._emit(key, self.logic.forget_now(state, self.pending.pop(key, []), event))
+            return
         self.pending.setdefault(key, []).append(event)
         if timer is not None:
             self._set_timer(key, timer)

@@ -31,7 +31,7 @@ from pipelines.sources import RawRecord, decode_json
 from transforms.cleaning import Cleaner
 from transforms.customer import CustomerLogic, CustomerState, Step
 from transforms.dead_letters import DeadLetter
-from transforms.events import Event
+from transforms.events import FORGET, Event
 
 MIN_TS = -(2**62)  # the watermark before any event
 
@@ -195,8 +195,11 @@ class CustomerDriver:
             return keyed, out
         if keyed is None:
             keyed = Keyed(self.logic.new_state(record.key))
-        keyed.pending.append(event)
         keyed.tag = record.tag
+        if event.type == FORGET:  # carried out as it arrives
+            self._emit(keyed, self.logic.forget_now(keyed.state, keyed.pending, event), out)
+            return (None if self.gone(keyed) else keyed), out
+        keyed.pending.append(event)
         if timer is not None:
             keyed.wake = timer
         return keyed, out

@@ -65,11 +65,13 @@ def drop(inbox: Path, name: str, lines: list[str]) -> None:
     staged.rename(inbox / name)
 
 
-def wait_until(check: Callable[[], object], job: subprocess.Popen[str], timeout_s: float = 120) -> None:
+def wait_until(
+    check: Callable[[], object], job: subprocess.Popen[str], timeout_s: float = 120, poll_s: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline and job.poll() is None, "the live job did not get there"
-        time.sleep(0.5)
+        time.sleep(poll_s)
 
 
 @pytest.mark.parametrize(

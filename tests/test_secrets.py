@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyflink
 import pytest
 import redis
 from click.testing import CliRunner
@@ -135,7 +136,14 @@ def label_values() -> set[str]:
     return {value for metric in METRICS.registry.collect() for s in metric.samples for value in s.labels.values()}
 
 
-@pytest.fixture(scope="module", params=["core", "beam"])
+FLINK_LOGS = Path(pyflink.__file__).parent / "log"  # where local PyFlink's JVM and Python workers log
+
+
+def log_times() -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in FLINK_LOGS.glob("*.log")}
+
+
+@pytest.fixture(scope="module", params=["core", "beam", "flink"])
 def secret_run(
     request: pytest.FixtureRequest, protected: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
@@ -151,13 +159,16 @@ def secret_run(
     server = receiver.serve()
     args = [
         "run", "--engine", request.param, "--source", str(source), "--redis-url", protected, "--now", str(NOW_MS),
-        "--no-progress", "--state-dir", str(out / "state"), "--resume",
+        "--no-progress", "--state-dir", str(out / "state"),
         "--webhook", server.url, "--webhook-secret", WEBHOOK_SECRET,
         "--changes-out", str(out / "changes.jsonl"), "--profiles-out", str(out / "profiles.jsonl"),
         "--dead-letter-out", str(out / "dead_letters.jsonl"), "--summary-out", str(out / "summary.json"),
     ]  # fmt: skip
     if request.param == "beam":
         args += ["--chunk-events", "200"]  # chunk ends are watermarks: the late record is late on Beam too
+    if request.param != "flink":
+        args.append("--resume")  # the customers saved for the next run are searched too
+    logged_before = log_times()
     try:
         with pytest.MonkeyPatch.context() as env, debug_logs() as logs:
             env.setenv("SEGSTREAM_EMAIL_SALT", SALT)
@@ -167,16 +178,21 @@ def secret_run(
         receiver.close()
     assert result.exit_code == 0, result.output
     files = {str(path): path.read_text(encoding="utf-8", errors="replace") for path in out.rglob("*") if path.is_file()}
+    flink_logs = {  # those this run wrote (a local JVM rewrites its file), read whole
+        str(path): path.read_text(errors="replace") for path, at in log_times().items() if at != logged_before.get(path)
+    }
     texts = {
         "stdout": result.stdout,
         "stderr": result.stderr,
         "logs": "\n".join(logs.lines),
+        **flink_logs,
         "webhooks": (tmp_path / "received.jsonl").read_text(encoding="utf-8"),
         "redis": redis_dump(protected),
         "metrics": generate_latest(METRICS.registry).decode(),
         **files,
     }
-    return {"texts": texts, "out": out, "records": records, "receiver": receiver, "url": protected, "hook": server.url}
+    return {"texts": texts, "out": out, "records": records, "receiver": receiver, "url": protected, "hook": server.url,
+            "engine": request.param}  # fmt: skip
 
 
 def test_the_run_went_through_every_path(secret_run: dict[str, Any]) -> None:
@@ -189,8 +205,11 @@ def test_the_run_went_through_every_path(secret_run: dict[str, Any]) -> None:
     reasons = {letter["reason"] for letter in read_jsonl(out / "dead_letters.jsonl")}
     assert {"unknown_event_type", "late", "malformed", "oversized", "wrong_type"} <= reasons
     assert "segstream_dead_letters_total" in secret_run["texts"]["metrics"]
+    if secret_run["engine"] == "flink":  # the JVM's and the embedded interpreter's logs
+        assert any(where.startswith(str(FLINK_LOGS)) and text for where, text in secret_run["texts"].items())
     state = out / "state" / "customers.db"  # --resume: the customers saved for the next run, searched too
-    assert state.stat().st_size > 0 and b"priv-user-1" in state.read_bytes()
+    assert state.exists() == (secret_run["engine"] != "flink")
+    assert not state.exists() or (state.stat().st_size > 0 and b"priv-user-1" in state.read_bytes())
 
 
 def test_no_secret_appears_anywhere(secret_run: dict[str, Any]) -> None:

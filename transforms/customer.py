@@ -67,6 +67,7 @@ class CustomerState:
     model_wake: int | None = None  # when a pending label falls due or the scores are refreshed
     scores: dict[str, float | None] | None = None  # the model scores of the last profile rendered
     consent: bool = True  # consent.personalization: granted until an event revokes it (transforms.privacy)
+    forgotten_until: int | None = None  # a forget's event time: its customer's events up to it are dropped
 
     @property
     def features(self) -> Features:
@@ -153,22 +154,27 @@ class CustomerLogic(PrivacyLogic):
         """Whether an event at ``ts`` is later than the allowed lateness behind ``clock``."""
         return clock is not None and ts < clock - self.config.allowed_lateness_ms
 
+    def _late(self, clock: int | None, event: Event) -> bool:
+        """Whether ``event`` becomes a ``late`` dead letter (an erasure request never does)."""
+        return self._behind(clock, event.ts) and event.type != FORGET
+
     def admit(self, clock: int | None, wake: int | None, event: Event) -> tuple[bool, int | None]:
         """Engine hook for an arriving event: ``(late, timer)``.
 
-        ``late`` means the event becomes a ``late`` dead letter. Otherwise the engine buffers it
-        and, when ``timer`` is not None, sets its event-time timer to ``timer`` (earlier than ``wake``,
-        the timer already set). An event behind the clock but within the lateness fires at the clock.
+        ``late`` means the event becomes a ``late`` dead letter. Otherwise the engine buffers it (a
+        ``forget`` goes to :meth:`forget_now` instead) and, when ``timer`` is not None, sets its
+        event-time timer to ``timer`` (earlier than ``wake``, the timer already set). An event
+        behind the clock but within the lateness fires at the clock.
         """
-        if self._behind(clock, event.ts):
+        if self._late(clock, event):
             return True, None
         due = event.ts if clock is None else max(event.ts, clock)
         return False, (due if wake is None or due < wake else None)
 
     def split_late(self, clock: int | None, events: list[Event]) -> tuple[list[Event], list[Event]]:
         """``(on time, late)``: :meth:`admit`'s lateness test, for engines that learn the clock later."""
-        on_time = [e for e in events if not self._behind(clock, e.ts)]
-        late = [e for e in events if self._behind(clock, e.ts)]
+        on_time = [e for e in events if not self._late(clock, e)]
+        late = [e for e in events if self._late(clock, e)]
         return on_time, late
 
     def advance_until(self, state: CustomerState, pending: list[Event], watermark: int) -> Step:
@@ -219,6 +225,8 @@ class CustomerLogic(PrivacyLogic):
         if end is not None:
             to_ts = min(to_ts, end)
         step = self.advance(state, pending, to_ts)
+        if bounded:
+            state.forgotten_until = None  # every event has arrived: nothing left to drop
         if step.wake is not None and end is not None and step.wake > end:
             step.wake = None
         return step
@@ -295,6 +303,9 @@ class CustomerLogic(PrivacyLogic):
         seen = state.recent_event_ids.get(event.event_id)
         if seen is not None and seen >= now - self.config.dedup_horizon_ms:
             step.duplicates.append(event)
+            return False
+        if state.forgotten_until is not None and event.ts <= state.forgotten_until:
+            step.accepted.append(event)  # from before a forget that was carried out: erased on arrival
             return False
         if event.type == FORGET:
             self._forget(state, event, now, step)
@@ -451,9 +462,15 @@ class CustomerLogic(PrivacyLogic):
         finest = self.model.windows.finest
         if previous is None or previous // finest != clock // finest:
             self.model.prune(state.profile, clock - self.config.allowed_lateness_ms)
+        until = state.forgotten_until
+        if until is not None and clock > until + self.config.max_out_of_orderness_ms + self.config.allowed_lateness_ms:
+            state.forgotten_until = None  # an event from before the forget would now be late
 
     def _expires_at(self, state: CustomerState) -> int | None:
         """When :meth:`_expire` will next have something to drop (a timer, so idle state shrinks)."""
+        until = state.forgotten_until
+        if until is not None:
+            return until + self.config.max_out_of_orderness_ms + self.config.allowed_lateness_ms + 1
         last = state.features.last_seen
         if last is None or (not state.recent_event_ids and self.model.windows.is_empty(state.profile.activity)):
             return None

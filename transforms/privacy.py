@@ -7,9 +7,10 @@ customer without consent is in no segment and has an empty profile: a revocation
 (reason ``consent``) and clears the profile; their events are accepted but not profiled
 (``no_consent``). A later event with ``personalization: true`` grants consent again.
 
-Forget: a ``forget`` event exits every segment (reason ``forget``) and erases the customer's state;
-the engine then removes the customer from its own state and from the sinks (:class:`Forget` says
-what to remove) and writes a :class:`DeletionReceipt`.
+Forget: a ``forget`` event, as it arrives (:meth:`PrivacyLogic.forget_now`), exits every segment
+(reason ``forget``) and erases the customer's state; the engine then removes the customer from its
+own state and from the sinks (:class:`Forget` says what to remove) and writes a
+:class:`DeletionReceipt`.
 
 >>> personalization(Event("e1", "page_view", 1, user_id="u1", consent={"personalization": False}))
 False
@@ -124,7 +125,8 @@ class PrivacyLogic:
 
     def _forget(self: CustomerLogic, state: CustomerState, event: Event, now: int, step: Step) -> None:
         """A ``forget`` event: exit every segment (reason ``forget``), then erase the whole state (the
-        events after it in event time start a new customer). ``step.forgotten`` tells the engine."""
+        events after it in event time start a new customer). ``step.forgotten`` tells the engine.
+        Engines call :meth:`forget_now` as the event arrives; this runs it within :meth:`advance`."""
         before = len(step.changes)
         self._evaluate(state, now, from_timer=False, step=step, reason="forget", leave=True)
         held = [(kind, value) for kind, values in state.identifiers.items() for value in values]
@@ -146,12 +148,41 @@ class PrivacyLogic:
             if spec.name not in keep:
                 setattr(state, spec.name, getattr(fresh, spec.name))
 
+    def forget_now(self: CustomerLogic, state: CustomerState, pending: list[Event], event: Event) -> Step:
+        """Engine hook for an arriving ``forget`` event: erasure does not wait for the watermark.
+
+        The customer exits the segments it holds now (reason ``forget``) and its state is erased;
+        its pending events up to the forget's event time are erased unapplied, and so are those
+        that arrive later (``forgotten_until``, until the customer's clock is past the forget by
+        the out-of-orderness and the allowed lateness); later ones stay pending and start a new
+        customer. ``step.remaining`` are the events to keep pending, ``step.wake`` the next timer.
+        """
+        from transforms.customer import Step  # here: transforms.customer imports this module
+
+        step = Step(accepted=[e for e in pending if e.ts <= event.ts])
+        step.remaining = [e for e in pending if e.ts > event.ts]
+        if state.forgotten_until is not None and event.ts <= state.forgotten_until:
+            step.accepted.append(event)  # an earlier forget of this customer covers it
+        else:
+            now = event.ts if state.clock is None else max(event.ts, state.clock)
+            self._forget(state, event, now, step)
+            state.forgotten_until = event.ts
+        wakes = [e.ts for e in step.remaining] + [t for t in (self.next_wake(state),) if t is not None]
+        step.wake = min(wakes, default=None)
+        return step
+
     @staticmethod
     def is_blank(state: CustomerState) -> bool:
         """Whether ``state`` holds nothing (a forgotten customer with no event since): engines drop it."""
-        return state.seq == 0 and state.consent and state.features.last_seen is None and not state.segments
+        return (
+            state.seq == 0
+            and state.consent
+            and state.features.last_seen is None
+            and not state.segments
+            and state.forgotten_until is None
+        )
 
     def erased(self: CustomerLogic, state: CustomerState, step: Step) -> bool:
-        """Whether ``step`` forgot the customer and nothing of theirs came after: every engine drops
-        the customer then (no state, no final profile), as if it had never been seen."""
-        return bool(step.forgotten) and not step.remaining and self.is_blank(state)
+        """Whether nothing is left of the customer after ``step`` (a forget erased it and nothing
+        of theirs came after): every engine drops it then (no state, no final profile)."""
+        return not step.remaining and self.is_blank(state)
