@@ -79,7 +79,7 @@ PICKLED = Types.PICKLED_BYTE_ARRAY()
 TO_SINK = OutputTag("to-sink", PICKLED)  # the reader's dead letters and counts, straight to the sink
 FLUSH_EVERY_MS = 1_000
 # Events per batch the reader sends on a bounded input (a live source sends every event at once).
-BATCH_SIZE_KEY, BATCH_SIZE = "segstream.batch-size", 500
+BATCH_SIZE_KEY, BATCH_SIZE = "segstream.batch-size", 20_000
 JSON_SUFFIXES = tuple(s for s in FILE_SUFFIXES if s != ".avro")
 
 

@@ -109,7 +109,8 @@ def test_the_job_recovers_from_a_lost_taskmanager_with_the_same_outputs(
     source = tmp_path / "events.jsonl"
     source.write_text("\n".join(sample_lines(2500, seed=5)) + "\n")
     out = tmp_path / "flink"
-    job = submit(cluster, source, redis_url, out, "execution.checkpointing.interval=2s")
+    # Small batches: the job is still running after its first checkpoint and 1,000 changes.
+    job = submit(cluster, source, redis_url, out, "execution.checkpointing.interval=2s", "segstream.batch-size=500")
     try:
         job_id = wait_for(cluster, lambda: running_job(cluster), 120, "the job to start")
         wait_for(cluster, lambda: completed_checkpoints(cluster, job_id) >= 1, 120, "a completed checkpoint")

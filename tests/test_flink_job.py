@@ -89,3 +89,22 @@ def test_sources_the_flink_job_cannot_read_are_user_errors(source: str, expected
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if not line.startswith("warning:")]
     assert len(errors) == 1 and expected in errors[0], done.stderr
+
+
+def test_process_mode_gives_the_core_loops_outputs(redis_url: str, tmp_path: Path) -> None:
+    """Python in worker processes (``python.execution-mode: process``) instead of the default thread
+    mode: the same changes and final profiles as the core loop."""
+    source, out = tmp_path / "events.jsonl", tmp_path / "flink"
+    source.write_text("\n".join(disordered_lines(40, seed=5, shuffle_within_ms=4_000)) + "\n")
+    done = subprocess.run(
+        segstream("run", "--engine", "flink", "--source", str(source), "--redis-url", redis_url, "--now", str(NOW_MS),
+                  "--redis-prefix", "process", "--no-progress", "--flink-conf", "python.execution-mode=process",
+                  "--changes-out", str(out / "changes.jsonl"), "--profiles-out", str(out / "profiles.jsonl")),
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    CoreEngine(make_spec(source, redis_url, tmp_path / "core", redis_prefix="core")).run()
+    got = sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(out / "changes.jsonl"))
+    assert got and got == sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(tmp_path / "core" / "changes.jsonl"))
+    profiles = [without_scores(read_jsonl(path / "profiles.jsonl")) for path in (out, tmp_path / "core")]
+    assert profiles[0] == profiles[1]
