@@ -38,7 +38,7 @@ import schemas
 from pipelines.job import clean_record
 from pipelines.sources import MAX_AVRO_BLOCK_BYTES, RawRecord, decode_json, read_records, record_event_time
 from schemas import load_schema
-from transforms.cleaning import DAY_MS, KNOWN_FIELDS, MAX_NESTING, Cleaner, CleaningConfig
+from transforms.cleaning import DAY_MS, DEFAULT_PII_PROPERTIES, KNOWN_FIELDS, MAX_NESTING, Cleaner, CleaningConfig
 from transforms.dead_letters import DeadLetter, Reason
 from transforms.events import EVENT_TYPES, TRANSACTION_TYPES, Event
 from transforms.identifiers import normalize_email
@@ -85,8 +85,24 @@ def text_payload(text: str) -> str:
     return _ADDRESS.sub(lambda m: hashed(m.group()), text) if "@" in text else text
 
 
+def pii_hashed(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields with the values of the default PII names hashed: text and numbers as their text,
+    null and booleans kept, anything else redacted."""
+
+    def hidden(value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        return hashed(str(value)) if isinstance(value, str | int | float) else "<redacted>"
+
+    return {k: hidden(v) if k.lower() in DEFAULT_PII_PROPERTIES else v for k, v in fields.items()}
+
+
 def record_payload(record: dict[str, Any]) -> dict[str, Any]:
-    """What a dead letter keeps of an object: the object, its email hashed (or redacted if not text)."""
+    """What a dead letter keeps of an object: the object, its email and PII fields hashed (or redacted
+    if not text), those of its ``properties`` too."""
+    record = pii_hashed(record)
+    if isinstance(record.get("properties"), dict):
+        record = {**record, "properties": pii_hashed(record["properties"])}
     email = record.get("email")
     if isinstance(email, str):
         return {**record, "email": hashed(email)}
@@ -998,3 +1014,23 @@ def test_regression_avro_decompression_bomb_is_a_dead_letter_in_bounded_memory(
     assert peak < 3 * MAX_AVRO_BLOCK_BYTES  # the output buffer grows by doubling
     assert [raw.position for raw in raws] == ["after record 0"]
     assert isinstance(results[0], DeadLetter) and "inflates to more than" in results[0].message
+
+
+PII_NAMES = st.sampled_from(sorted(DEFAULT_PII_PROPERTIES)).flatmap(lambda name: st.sampled_from([name, name.upper()]))
+
+
+@FUZZ
+@given(
+    record=valid_records(),
+    pii=st.dictionaries(PII_NAMES, JSON_VALUES, min_size=1, max_size=4),
+    nested=st.booleans(),
+)
+def test_pii_fields_are_hashed_wherever_they_sit(record: dict[str, Any], pii: dict[str, Any], nested: bool) -> None:
+    """PII names with any value, at the top level or in ``properties``: an event keeps them hashed,
+    a dead letter's payload too (the regression: ``{"IP": null}`` became ``"<redacted>"``)."""
+    bad = {**record, "properties": pii} if nested else {**record, **pii}
+    result = check_object(bad, clean(bad))  # a dead letter: its payload against record_payload
+    if isinstance(result, Event):
+        given = bad.get("properties") or {}
+        merged = {**given, **{k: v for k, v in bad.items() if k not in KNOWN_FIELDS}}
+        assert nan_safe(result.properties) == nan_safe(pii_hashed(merged))

@@ -205,7 +205,7 @@ def _properties(record: dict[str, Any], config: CleaningConfig) -> dict[str, Any
 
 
 def _hash_pii(fields: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
-    """``fields`` with the values of the PII names hashed (text and numbers; anything else redacted).
+    """``fields`` with the values of the PII names pseudonymized (:func:`_pseudonym`).
 
     >>> config = CleaningConfig(email_salt="s")
     >>> hashed = _hash_pii({"Phone": "+44 20 7946 0000", "utm": "x", "name": {"first": "Ann"}}, config)
@@ -219,8 +219,11 @@ def _hash_pii(fields: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
             for key, value in fields.items()}  # fmt: skip
 
 
-def _pseudonym(value: Any, salt: str) -> str:
-    if isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool)):
+def _pseudonym(value: Any, salt: str) -> Any:
+    """Text and numbers hashed; null and booleans kept (they name no one); objects and lists redacted."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str | int | float):
         return hash_email(str(value), salt)
     return "<redacted>"
 
