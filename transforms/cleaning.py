@@ -223,9 +223,9 @@ def _pseudonym(value: Any, salt: str) -> Any:
     """Text and numbers hashed; null and booleans kept (they name no one); objects and lists redacted."""
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, str | int | float):
+    if isinstance(value, str | float) or (isinstance(value, int) and value.bit_length() <= _INT_BITS_MAX):
         return hash_email(str(value), salt)
-    return "<redacted>"
+    return "<redacted>"  # an object, a list, or an int too long for str()
 
 
 class Cleaner:
