@@ -70,7 +70,7 @@ REASONS = {str(reason) for reason in Reason} - {str(Reason.LATE)}
 DEAD_LETTER_SCHEMA = load_schema("DeadLetter")
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 TYPES = sorted(EVENT_TYPES)
-FIELDS = sorted(KNOWN_FIELDS)
+FIELDS = [*sorted(KNOWN_FIELDS), "phone", "IP", "name"]  # and extra fields the cleaning hashes as PII
 INVALID_UTF8 = [
     b"\xff",
     b"\xfe\xff",
