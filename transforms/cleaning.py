@@ -212,11 +212,10 @@ def _hash_pii(fields: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
     >>> hashed["Phone"] == hash_email("+44 20 7946 0000", "s"), hashed["utm"], hashed["name"]
     (True, 'x', '<redacted>')
     """
-    pii = config.pii_properties
-    if not any(isinstance(key, str) and key.lower() in pii for key in fields):
+    named = [key for key in fields if isinstance(key, str) and key.lower() in config.pii_properties]
+    if not named:
         return fields
-    return {key: _pseudonym(value, config.email_salt) if isinstance(key, str) and key.lower() in pii else value
-            for key, value in fields.items()}  # fmt: skip
+    return {**fields, **{key: _pseudonym(fields[key], config.email_salt) for key in named}}
 
 
 def _pseudonym(value: Any, salt: str) -> Any:

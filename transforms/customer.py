@@ -462,15 +462,22 @@ class CustomerLogic(PrivacyLogic):
         finest = self.model.windows.finest
         if previous is None or previous // finest != clock // finest:
             self.model.prune(state.profile, clock - self.config.allowed_lateness_ms)
-        until = state.forgotten_until
-        if until is not None and clock > until + self.config.max_out_of_orderness_ms + self.config.allowed_lateness_ms:
+        guard_ends = self._forget_guard_ends(state)
+        if guard_ends is not None and clock >= guard_ends:
             state.forgotten_until = None  # an event from before the forget would now be late
+
+    def _forget_guard_ends(self, state: CustomerState) -> int | None:
+        """When events from before a carried-out forget can no longer arrive on time (None: no forget)."""
+        until = state.forgotten_until
+        if until is None:
+            return None
+        return until + self.config.max_out_of_orderness_ms + self.config.allowed_lateness_ms + 1
 
     def _expires_at(self, state: CustomerState) -> int | None:
         """When :meth:`_expire` will next have something to drop (a timer, so idle state shrinks)."""
-        until = state.forgotten_until
-        if until is not None:
-            return until + self.config.max_out_of_orderness_ms + self.config.allowed_lateness_ms + 1
+        guard_ends = self._forget_guard_ends(state)
+        if guard_ends is not None:
+            return guard_ends
         last = state.features.last_seen
         if last is None or (not state.recent_event_ids and self.model.windows.is_empty(state.profile.activity)):
             return None
