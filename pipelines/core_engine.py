@@ -26,6 +26,7 @@ from pipelines.metrics import METRICS
 from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import OutputSink
 from pipelines.sources import read_records
+from pipelines.stitched import resolve
 from transforms.changes import IdentityMerge
 from transforms.customer import CustomerState, Snapshot, Step
 from transforms.dead_letters import DeadLetter
@@ -56,7 +57,6 @@ class CoreEngine:
             restore_shared(store, self.logic)
             if self.graph is not None:
                 self.graph = store.get_shared("identity") or self.graph
-                self.logic.identifier_owner = self.graph.lookup
             self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.logic.models)
             reevaluate_on_new_rules(store, self.logic, self._emit_changes)
             for key, wake in store.wakes():  # timers of customers from an earlier run
@@ -113,7 +113,7 @@ class CoreEngine:
         """The customer an event belongs to; merges the customers it links (identity stitching)."""
         if self.graph is None:
             return event.customer_key
-        resolution = self.graph.resolve(event.identifiers(), event.ts)
+        resolution = resolve(self.graph, event)
         for reason, _ in resolution.refused:
             METRICS.identity_refused.labels(reason).inc()
         key = resolution.customer_id

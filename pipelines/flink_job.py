@@ -56,6 +56,7 @@ from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, shared_client
 from pipelines.sources import FILE_SUFFIXES, SourceError
+from pipelines.stitched import MERGE, ComponentDriver, Stitcher, plan_file
 from pipelines.watermarked import (
     CHANGE,
     DEAD,
@@ -118,9 +119,10 @@ class ReadFn(KeyedProcessFunction):
     the ValueState holds the reader's state as of the last batch.
     """
 
-    def __init__(self, spec: JobSpec, batch_size: int = 1) -> None:
+    def __init__(self, spec: JobSpec, batch_size: int = 1, stitcher: Stitcher | None = None) -> None:
         self.spec = spec
         self.batch_size = batch_size
+        self.stitcher = stitcher
 
     def open(self, runtime_context: RuntimeContext) -> None:
         config = self.spec.config
@@ -130,8 +132,10 @@ class ReadFn(KeyedProcessFunction):
             self.spec.now_ms,
             config.cleaning.max_record_bytes,
             config.stream.max_out_of_orderness_ms,
+            self.stitcher,
         )
         self.state = runtime_context.get_state(ValueStateDescriptor("read", PICKLED))
+        self.graph = runtime_context.get_state(ValueStateDescriptor("identity", PICKLED))
         self.keys = runtime_context.get_map_state(MapStateDescriptor("customers", Types.STRING(), Types.BOOLEAN()))
         self.unsent = runtime_context.get_list_state(ListStateDescriptor("unsent", PICKLED))
         self.known: set[str] = set()
@@ -146,6 +150,8 @@ class ReadFn(KeyedProcessFunction):
                 stored = entries[-1][0]
             self.read = ReadState.from_tuple(stored)
             self.pending = [event for _, event in entries if event is not None]
+            if self.stitcher is not None:
+                self.stitcher.restore(self.graph.value(), self.pending)
         return self.read
 
     def process_element(self, line: str, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
@@ -187,6 +193,8 @@ class ReadFn(KeyedProcessFunction):
     def _send(self, state: ReadState) -> Iterator[Batch]:
         records, self.pending = self.pending, []
         self.state.update(state.to_tuple())
+        if self.stitcher is not None:
+            self.graph.update(self.stitcher.graph)
         if self.batch_size > 1:
             self.unsent.clear()  # with batches of 1 every event is sent at once, never stored
         yield from batch_by_key(records, self.step.watermark(state), self.step.out_of_order_ms)
@@ -216,7 +224,10 @@ class CustomerFn(KeyedProcessFunction):
         self.cache_size = cache_size
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.driver = CustomerDriver(self.spec.logic())
+        logic = self.spec.logic()
+        self.driver: CustomerDriver | ComponentDriver = (
+            CustomerDriver(logic) if self.spec.config.identity is None else ComponentDriver(logic)
+        )
         # The models of this subtask: not Flink state; on a live source a restart continues from
         # their latest Redis snapshot.
         self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.driver.logic.models)
@@ -229,7 +240,7 @@ class CustomerFn(KeyedProcessFunction):
 
     def process_element(self, batch: Batch, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         keyed = self._load(batch.key)
-        before = CustomerDriver.trigger(keyed)
+        before = self.driver.trigger(keyed)
         known = keyed is not None
         keyed, out = self.driver.on_records(keyed, batch.records)
         self.publisher.maybe_publish()
@@ -247,7 +258,7 @@ class CustomerFn(KeyedProcessFunction):
             self.render_timer = False
             rendering, self.rendering = self.rendering, {}
             # touched is not stored: after a restore a profile may be sent once more
-            out = [self.driver.profile(keyed) for keyed in rendering.values() if keyed.touched]
+            out = [item for keyed in rendering.values() for item in self.driver.profiles(keyed)]
             if out:
                 yield out
             return
@@ -262,7 +273,7 @@ class CustomerFn(KeyedProcessFunction):
             if not self.driver.final_started:  # the first final profile: publish the models once
                 self.publisher.publish()
             yield self.driver.final(keyed)
-        elif timestamp == CustomerDriver.trigger(keyed):
+        elif timestamp == self.driver.trigger(keyed):
             out = self.driver.on_watermark(keyed, ctx.timer_service().current_watermark())
             if self.driver.gone(keyed):
                 self._drop(key)
@@ -291,7 +302,7 @@ class CustomerFn(KeyedProcessFunction):
     def _keep(self, key: str, keyed: Keyed, before: int | None, ctx: Any) -> None:
         self.cache[key] = keyed
         self.value.update(keyed)
-        after = CustomerDriver.trigger(keyed)
+        after = self.driver.trigger(keyed)
         if self.live and after is not None and after != before:
             ctx.timer_service().register_event_time_timer(after)
         if keyed.touched:
@@ -373,7 +384,7 @@ class SinkFn(KeyedProcessFunction):
             return
         assert self.redis is not None and self.forgets is not None
         counts = self.written.value()[0]
-        changes, profiles, dead = [], {}, []
+        changes, profiles, dead, merges = [], {}, [], []
         for kind, value in items:
             count_output(counts, kind, value)
             if kind == CHANGE:
@@ -382,13 +393,19 @@ class SinkFn(KeyedProcessFunction):
                 profiles[value["customer_id"]] = value
             elif kind == DEAD:
                 dead.append(value)
+            elif kind == MERGE:  # the absorbed profiles become aliases of the survivor
+                for absorbed in value.absorbed:
+                    profiles.pop(absorbed, None)
+                merges.append(value)
+                if self.paths[CHANGE] is not None:
+                    self.files[CHANGE].write({"kind": "identity_merge", **value.to_dict()})
             elif kind == FORGOTTEN:  # erase once what came before (its forget exits) is written
-                self.redis.write(changes, profiles.values(), dead)
-                changes, profiles, dead = [], {}, []
+                self.redis.write(changes, profiles.values(), dead, merges=merges)
+                changes, profiles, dead, merges = [], {}, [], []
                 self.forgets.forget(value)
             if kind in self.files:
                 self.files[kind].write(value if kind == FINAL else value.to_dict())
-        self.redis.write(changes, profiles.values(), dead)
+        self.redis.write(changes, profiles.values(), dead, merges=merges)
         self._written(counts)
         self.buffer.clear()
         self.redis.client.set(counts_key(self.spec.redis_prefix, self.run_id), json.dumps(list(counts.items())))
@@ -463,10 +480,12 @@ def build(env: StreamExecutionEnvironment, spec: JobSpec, run_id: str) -> None:
     """
     live = is_live(spec.source)
     batch_size = 1 if live else int(dict(spec.engine_conf).get(BATCH_SIZE_KEY, BATCH_SIZE))
+    identity = spec.config.identity
+    stitcher = None if identity is None else Stitcher(identity, plan_file(spec))
     read = (
         read_lines(env, spec.source)
         .key_by(lambda _: 0, Types.INT())
-        .process(ReadFn(spec, batch_size), PICKLED)
+        .process(ReadFn(spec, batch_size, stitcher), PICKLED)
         .name("read")
         .uid("read")
         .set_parallelism(1)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.job import clean_record
 from pipelines.metrics import METRICS, PRIVACY_COUNTS, JobMetrics
@@ -32,6 +32,9 @@ from transforms.cleaning import Cleaner
 from transforms.customer import CustomerLogic, CustomerState, Step
 from transforms.dead_letters import DeadLetter
 from transforms.events import FORGET, Event
+
+if TYPE_CHECKING:
+    from pipelines.stitched import Stitcher
 
 MIN_TS = -(2**62)  # the watermark before any event
 
@@ -50,6 +53,10 @@ class Tagged:
     tag: int  # the core loop's watermark when this record arrived
     event: Event | None  # None: the input ended; the customer goes to ``end``
     end: int | None = None
+    # With identity stitching (:mod:`pipelines.stitched`) ``key`` is the component's: the event's
+    # canonical customer, and the customers it absorbed.
+    customer: str | None = None
+    absorbed: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -105,8 +112,17 @@ class ReadState:
 class ReadStep:
     """Numbers, decodes and cleans input lines in input order; tags events with the watermark."""
 
-    def __init__(self, cleaner: Cleaner, source: str, now_ms: int, max_bytes: int, out_of_order_ms: int) -> None:
+    def __init__(
+        self,
+        cleaner: Cleaner,
+        source: str,
+        now_ms: int,
+        max_bytes: int,
+        out_of_order_ms: int,
+        stitcher: Stitcher | None = None,
+    ) -> None:
         self.cleaner = cleaner
+        self.stitcher = stitcher  # identity stitching: resolves events, keys them by component
         self.source = source
         self.now_ms = now_ms
         self.max_bytes = max_bytes
@@ -132,7 +148,13 @@ class ReadStep:
         if isinstance(result, DeadLetter):
             yield DEAD, result
             return
-        yield "event", Tagged(result.customer_key, self.watermark(state), result)
+        if self.stitcher is None:
+            yield "event", Tagged(result.customer_key, self.watermark(state), result)
+        else:
+            tagged, refused = self.stitcher.tag(result, self.watermark(state))
+            if refused:
+                yield COUNTS, refused
+            yield "event", tagged
         if state.max_ts is None or result.ts > state.max_ts:
             state.max_ts = result.ts
 
@@ -172,12 +194,15 @@ class CustomerDriver:
         self.logic = logic
         self.final_started = False
 
-    def on_record(self, keyed: Keyed | None, record: Tagged) -> tuple[Keyed | None, list[tuple[str, Any]]]:
-        """A record of this customer: the keyed value to keep (None for a late first event, or when a
-        forget erased the customer: :meth:`gone`) and the outputs."""
+    def on_record(
+        self, keyed: Keyed | None, record: Tagged, customer: str | None = None
+    ) -> tuple[Keyed | None, list[tuple[str, Any]]]:
+        """A record of this customer (``customer``, by default the record's key): the keyed value to
+        keep (None for a late first event, or when a forget erased the customer: :meth:`gone`) and
+        the outputs."""
         out: list[tuple[str, Any]] = []
         if keyed is not None:
-            self._fire(keyed, record.tag, out)
+            self.fire(keyed, record.tag, out)
             if self.gone(keyed):
                 keyed = None  # forgotten: the event starts a new customer, as in the core loop
         event = record.event
@@ -191,10 +216,12 @@ class CustomerDriver:
         state = keyed.state if keyed is not None else None
         late, timer = self.logic.admit(state.clock if state else None, keyed.wake if keyed else None, event)
         if late:
+            if keyed is not None and record.customer is not None:  # stitching linked them all the same
+                self.logic.remember_identifiers(keyed.state, event)
             out.append((DEAD, self.logic.late_letter(event)))
             return keyed, out
         if keyed is None:
-            keyed = Keyed(self.logic.new_state(record.key))
+            keyed = Keyed(self.logic.new_state(customer or record.key))
         keyed.tag = record.tag
         if event.type == FORGET:  # carried out as it arrives
             self._emit(keyed, self.logic.forget_now(keyed.state, keyed.pending, event), out)
@@ -215,7 +242,7 @@ class CustomerDriver:
     def on_watermark(self, keyed: Keyed, watermark: int) -> list[tuple[str, Any]]:
         """The engine's watermark reached ``watermark``: fire what the core loop had fired by then."""
         out: list[tuple[str, Any]] = []
-        self._fire(keyed, watermark, out)
+        self.fire(keyed, watermark, out)
         return out
 
     def gone(self, keyed: Keyed) -> bool:
@@ -230,7 +257,8 @@ class CustomerDriver:
             return None
         return max(keyed.wake, keyed.tag + 1)
 
-    def _fire(self, keyed: Keyed, watermark: int, out: list[tuple[str, Any]]) -> None:
+    def fire(self, keyed: Keyed, watermark: int, out: list[tuple[str, Any]]) -> None:
+        """Fire the customer's timers up to ``watermark``, as the core loop had by then."""
         if watermark <= keyed.tag:
             return  # the core loop has not advanced since this customer's latest record
         while keyed.wake is not None and keyed.wake <= watermark:
@@ -242,6 +270,11 @@ class CustomerDriver:
         customer at most every so often, as the core loop renders once per batch."""
         keyed.touched = False
         return PROFILE, self.logic.profile(keyed.state)
+
+    def profiles(self, keyed: Keyed) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The profile if it changed since it was last sent (the keyed step's render timer)."""
+        if keyed.touched:
+            yield self.profile(keyed)
 
     def final(self, keyed: Keyed) -> list[tuple[str, Any]]:
         """The customer's final profile and counts, once every customer reached the end (as in the
@@ -293,6 +326,10 @@ def record_counts(counts: Counts, metrics: JobMetrics = METRICS) -> None:
             metrics.changes.labels(key[1], key[2]).inc(n)
         elif key[0] == "dead_letter":
             metrics.dead_letters.labels(key[1]).inc(n)
+        elif key == ("identity_merges",):
+            metrics.identity_merges.inc(n)
+        elif key[0] == "identity_refused":
+            metrics.identity_refused.labels(key[1]).inc(n)
         elif key[0] in PRIVACY_COUNTS.values():
             getattr(metrics, key[0]).inc(n)
         else:

@@ -21,7 +21,7 @@ same changes with the same ``seq``. It returns the time at which it wants to be 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -124,8 +124,6 @@ class CustomerLogic(PrivacyLogic):
         self.config = config
         self.model = ProfileModel(profile or ProfileConfig(), population, models)
         self.models = models
-        # With identity stitching: the customer an identifier belongs to (IdentityGraph.lookup).
-        self.identifier_owner: Callable[[str, str], str | None] | None = None
         # Segments whose rules read a model score: their changes have reason "model".
         self.scored = frozenset(
             name for name, condition in rules.segments.items() if condition.inputs() & set(SCORE_FEATURES)
@@ -435,11 +433,11 @@ class CustomerLogic(PrivacyLogic):
         state.rule_wake = min(wakes.values(), default=None)
 
     def remember_identifiers(self, state: CustomerState, event: Event) -> None:
-        """Keep the event's identifiers with the customer (up to a cap per kind); with identity
-        stitching, only those the graph gives this customer (not a refused link's identifier)."""
-        owner = self.identifier_owner
+        """Keep the event's identifiers with the customer (up to a cap per kind), but those the
+        identity graph gave another customer when the event arrived (``Event.foreign``)."""
+        foreign = getattr(event, "foreign", ())  # an event pickled before the field existed has none
         for kind, value in event.identifiers():
-            if owner is None or owner(kind, value) in (None, state.customer_id):
+            if (kind, value) not in foreign:
                 self._remember(state, kind, value)
 
     @staticmethod

@@ -38,6 +38,8 @@ class Event:
     properties: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     position: str = ""
+    # With identity stitching: identifiers of another customer (a refused link), not kept with this one.
+    foreign: tuple[tuple[str, str], ...] = ()
 
     @property
     def customer_key(self) -> str:
@@ -55,7 +57,7 @@ class Event:
     def to_record(self) -> dict[str, Any]:
         """The event as a contract record (normalized; the email stays hashed)."""
         record = asdict(self)
-        del record["source"], record["position"]
+        del record["source"], record["position"], record["foreign"]
         return {k: v for k, v in record.items() if v is not None and v != {}}
 
     @property
