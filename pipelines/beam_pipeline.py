@@ -37,6 +37,7 @@ from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, StopClock, shared_client
 from pipelines.redis_stream import ack_target
+from transforms.changes import IdentityMerge
 from transforms.cleaning import Cleaner, CleaningConfig
 from transforms.config import JobConfig
 from transforms.customer import CustomerState, Step
@@ -45,6 +46,7 @@ from transforms.events import FORGET, Event
 from transforms.rfm import Population
 
 DEAD, CHANGES, PROFILES, FINAL, ACKS = "dead_letters", "changes", "profiles", "final_profiles", "acks"
+MERGES = "merges"  # identity merges (stitched replays, :mod:`pipelines.stitched`)
 FORGOTTEN = "forgotten"  # a forget event's Forget, after the changes of its step
 # The customer step's one output to the sink: (kind, value) pairs of the kinds above but DEAD, in the
 # order the step made them (one output keeps that order through the runner, several would not: a
@@ -257,6 +259,7 @@ class WriteRedisFn(beam.DoFn):
         self.profiles: dict[str, dict[str, Any]] = {}
         self.dead: list[DeadLetter] = []
         self.acks: list[tuple[str, str, str]] = []
+        self.merges: list[IdentityMerge] = []
 
     def process(self, item: tuple[str, Any]) -> Iterator[Any]:
         kind, value = item
@@ -267,6 +270,10 @@ class WriteRedisFn(beam.DoFn):
         elif kind == DEAD:
             self.dead.append(value)
             self._ack(value.source, value.position)
+        elif kind == MERGES:  # the absorbed profiles become aliases of the survivor
+            for absorbed in value.absorbed:
+                self.profiles.pop(absorbed, None)
+            self.merges.append(value)
         elif kind == FORGOTTEN:
             self.finish_bundle()
             self.forgets.forget(value)
@@ -274,7 +281,10 @@ class WriteRedisFn(beam.DoFn):
             self.forgets.pending = []
         else:
             self._ack(*value)
-        if len(self.changes) + len(self.profiles) + len(self.dead) + len(self.acks) >= self.batch_size:
+        if (
+            len(self.changes) + len(self.profiles) + len(self.dead) + len(self.acks) + len(self.merges)
+            >= self.batch_size
+        ):
             self.finish_bundle()
         yield from ()
 
@@ -284,8 +294,8 @@ class WriteRedisFn(beam.DoFn):
             self.acks.append(target)
 
     def finish_bundle(self) -> None:
-        if self.changes or self.profiles or self.dead or self.acks:
-            self.sink.write(self.changes, self.profiles.values(), self.dead, self.acks)
+        if self.changes or self.profiles or self.dead or self.acks or self.merges:
+            self.sink.write(self.changes, self.profiles.values(), self.dead, self.acks, self.merges)
         self.start_bundle()
 
 
@@ -309,9 +319,10 @@ class WriteJsonLinesFn(beam.DoFn):
         self.writer.close()
 
 
-def _of_kind(item: tuple[str, Any], kind: str) -> Iterator[Any]:
-    if item[0] == kind:
-        yield item[1]
+def _of_kinds(item: tuple[str, Any], kinds: tuple[str, ...]) -> Iterator[Any]:
+    kind, value = item
+    if kind in kinds:
+        yield {"kind": "identity_merge", **value.to_dict()} if kind == MERGES else value  # as the core loop writes it
 
 
 def _count_dead_letter(letter: DeadLetter) -> None:
@@ -335,18 +346,30 @@ def build(
         .with_output_types(beam.typehints.Tuple[str, Any])
         .with_outputs(DEAD, main="events")
     )
-    keyed = cleaned["events"]
+    wire(spec, cleaned["events"], cleaned[DEAD], customer_step, wakes, run_key)
+
+
+def wire(
+    spec: JobSpec,
+    keyed: beam.PCollection,
+    rejected: beam.PCollection,
+    customer_step: CustomerStepFn,
+    wakes: beam.PCollection | None = None,
+    run_key: str = "",
+) -> None:
+    """From ``(key, event)`` elements and cleaning's dead letters (``rejected``) on: the customer
+    step and every sink (see :func:`build`)."""
     if wakes is not None:
         keyed = (keyed, wakes) | "WithWakes" >> beam.Flatten().with_output_types(beam.typehints.Tuple[str, Any])
     segmented = keyed | "Segment" >> beam.ParDo(customer_step).with_input_types(
         beam.typehints.Tuple[str, Any]
     ).with_outputs(DEAD, TO_SINK)
-    dead = (cleaned[DEAD], segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
+    dead = (rejected, segmented[DEAD]) | "AllDeadLetters" >> beam.Flatten()
     _ = dead | "CountDeadLetters" >> beam.Map(_count_dead_letter)
     # Cleaning's dead letters go to Redis from the cleaning stage itself: on a replay chunk they are
     # written before the customer step runs, so a forget's erase comes after them, as in the core loop.
     _ = (
-        cleaned[DEAD]
+        rejected
         | "TagCleaningDeadLetters" >> beam.Map(lambda d: (DEAD, d))
         | "WriteCleaningDeadLetters" >> beam.ParDo(WriteRedisFn(spec, run_key))
     )
@@ -357,11 +380,14 @@ def build(
     )
     to_sink = segmented[TO_SINK]
     _ = to_sink | "WriteRedis" >> beam.ParDo(WriteRedisFn(spec, run_key))
-    for name, kind, path in (("Changes", CHANGES, spec.outputs.changes), ("Profiles", FINAL, spec.outputs.profiles)):
+    for name, kinds, path in (
+        ("Changes", (CHANGES, MERGES), spec.outputs.changes),
+        ("Profiles", (FINAL,), spec.outputs.profiles),
+    ):
         if path is not None:
             _ = (
                 to_sink
-                | f"Only{name}" >> beam.FlatMap(_of_kind, kind)
+                | f"Only{name}" >> beam.FlatMap(_of_kinds, kinds)
                 | f"Write{name}" >> beam.ParDo(WriteJsonLinesFn(str(path)))
             )
     if spec.outputs.dead_letters is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,18 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 from tqdm import tqdm
 
-from pipelines.beam_pipeline import DEAD, CustomerStepFn, build, finish_forgets
+from pipelines.beam_pipeline import (
+    CHANGES,
+    DEAD,
+    MERGES,
+    PROFILES,
+    TO_SINK,
+    CustomerStepFn,
+    build,
+    finish_forgets,
+    wire,
+)
+from pipelines.beam_pipeline import FORGOTTEN as FORGET_OUT
 from pipelines.customer_store import (
     customer_store,
     reevaluate_on_new_rules,
@@ -45,9 +57,42 @@ from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import OutputSink
 from pipelines.snapshot_store import SnapshotStore
 from pipelines.sources import RawRecord, read_records, record_event_time
+from pipelines.stitched import MERGE, Component, ComponentDriver, Components, Stitcher
+from pipelines.watermarked import (
+    CHANGE,
+    COUNTS,
+    FORGOTTEN,
+    PROFILE,
+    Counts,
+    Keyed,
+    ReadState,
+    ReadStep,
+    Tagged,
+    count_output,
+    record_counts,
+)
+from pipelines.watermarked import DEAD as WATERMARKED_DEAD
 from transforms.config import JobConfig
 from transforms.customer import CustomerLogic, Snapshot, Step
 from transforms.events import FORGET
+
+Members = dict[str, list[str]]  # component key -> its customers (components of more than one)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A stitched replay's components: customer -> key, and key -> customers."""
+
+    components: dict[str, str]
+    members: Members
+
+    @classmethod
+    def of(cls, components: Components) -> Plan:
+        frozen = components.frozen()
+        members: Members = {}
+        for customer, key in frozen.items():
+            members.setdefault(key, []).append(customer)
+        return cls(frozen, members)
 
 
 @dataclass(frozen=True)
@@ -55,6 +100,9 @@ class Chunk:
     path: Path  # pickled RawRecords
     records: int
     watermark: int | None  # event time every customer reaches at the end of this chunk
+
+
+TO_BEAM = {CHANGE: CHANGES, PROFILE: PROFILES, FORGOTTEN: FORGET_OUT, MERGE: MERGES}  # driver -> sink kinds
 
 
 def _records(path: str) -> Iterator[Any]:
@@ -101,9 +149,66 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
     return chunks, max_ts
 
 
+def tag_into_chunks(
+    spec: JobSpec, directory: Path, chunk_events: int, stitcher: Stitcher, components: Components
+) -> tuple[list[Chunk], int | None]:
+    """A stitched replay's chunks: the reader of :mod:`pipelines.stitched` (here, in input order)
+    cleans and resolves every record and writes ``(number, Tagged)`` or ``(DEAD, letter)``;
+    ``components`` joins every merge. Return the chunks and the largest event time."""
+    config = spec.config
+    reader = ReadStep(
+        spec.cleaner(), spec.source, spec.now_ms, config.cleaning.max_record_bytes,
+        config.stream.max_out_of_orderness_ms, stitcher,
+    )  # fmt: skip
+    state = ReadState()
+    chunks: list[Chunk] = []
+    handle: BinaryIO | None = None
+    records = read_records(Path(spec.source), config.cleaning.max_record_bytes, spec.progress)
+    done = count = 0
+    path = directory / "chunk-00000.pkl"
+    for count, record in enumerate(records, start=1):
+        if handle is None:
+            path = directory / f"chunk-{len(chunks):05d}.pkl"
+            handle = path.open("wb")
+        for kind, value in reader.clean(state, record):
+            if kind == COUNTS:
+                record_counts(value)
+                continue
+            if kind == WATERMARKED_DEAD:
+                kind = DEAD
+            else:
+                components.join(value.customer, value.absorbed)
+                kind = count
+            pickle.dump((kind, value), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        if count % chunk_events == 0:
+            handle.close()
+            handle = None
+            chunks.append(Chunk(path, count - done, reader.watermark(state)))
+            done = count
+    if handle is not None:
+        handle.close()
+        chunks.append(Chunk(path, count - done, reader.watermark(state)))
+    return chunks, state.max_ts
+
+
 def _is_forget(record: RawRecord) -> bool:
     payload = record.payload
     return isinstance(payload, dict) and isinstance(payload.get("type"), str) and payload["type"].strip() == FORGET
+
+
+class ReadTaggedChunkFn(beam.DoFn):
+    """A stitched chunk file in; ``(component key, (number, Tagged))`` out, or a dead letter."""
+
+    def __init__(self, components: dict[str, str]) -> None:
+        self.components = components
+
+    def process(self, path: str) -> Iterator[Any]:
+        for kind, value in _records(path):
+            METRICS.events_in.inc()
+            if kind == DEAD:
+                yield beam.pvalue.TaggedOutput(DEAD, value)
+            else:
+                yield self.components.get(value.customer, value.customer), (kind, value)
 
 
 class ReadChunkFn(beam.DoFn):
@@ -183,6 +288,87 @@ class ReplayCustomerFn(CustomerStepFn):
         self.store.close()
 
 
+class ReplayComponentFn(CustomerStepFn):
+    """The customer step of one stitched replay chunk, keyed by component (:mod:`pipelines.stitched`):
+    once the chunk is read, the component's customers come from the store, take the chunk's records
+    in input order (merges included) and fire their timers up to the chunk's watermark, as the
+    Flink job does; the last chunk ends with the end marker. Elements: ``(key, (number, Tagged))``
+    or ``(key, None)`` (a customer whose timer falls due in this chunk)."""
+
+    PENDING = BagStateSpec("pending", PickleCoder())
+    END = TimerSpec("end", TimeDomain.WATERMARK)
+
+    def __init__(self, config: JobConfig, chunk: Chunk, end: int | None, last: bool, store: str, members: Members):
+        super().__init__(config)
+        self.watermark = chunk.watermark if chunk.watermark is not None else -(2**62)
+        self.end = end
+        self.last = last
+        self.store_path = store
+        self.members = members
+
+    def setup(self) -> None:
+        super().setup()
+        self.driver = ComponentDriver(self.logic)
+        self.store = SnapshotStore(Path(self.store_path))
+        restore_shared(self.store, self.logic)
+
+    def process(
+        self,
+        element: tuple[str, Any],
+        pending=beam.DoFn.StateParam(PENDING),
+        end=beam.DoFn.TimerParam(END),
+    ) -> Iterator[Any]:
+        if element[1] is not None:
+            pending.add(element[1])
+        end.set(GlobalWindow().max_timestamp())
+        yield from ()
+
+    @on_timer(END)
+    def on_end(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING)) -> Iterator[Any]:
+        loaded = self.members.get(key, [key])
+        stored = {customer: self.store.get(customer) for customer in loaded}
+        component = Component({c: self._keyed(snapshot) for c, snapshot in stored.items() if snapshot is not None})
+        records = [tagged for _, tagged in sorted(pending.read(), key=lambda item: item[0])]
+        if self.last:
+            records.append(Tagged(key, self.watermark, None, self.end))
+        kept, out = self.driver.on_records(component, records)
+        component = kept or Component()
+        if not self.last:
+            out += self.driver.on_watermark(component, self.watermark)
+        out += self.driver.profiles(component)
+        counts: Counts = Counter()
+        for kind, value in out:
+            if kind == WATERMARKED_DEAD:
+                yield beam.pvalue.TaggedOutput(DEAD, value)
+                continue
+            count_output(counts, kind, value)
+            if kind in TO_BEAM:
+                yield beam.pvalue.TaggedOutput(TO_SINK, (TO_BEAM[kind], value))
+        for customer in loaded:
+            if customer not in component.members:
+                self.store.delete(customer)
+        for customer, keyed in component.members.items():
+            counts.update(keyed.counts)
+            wake = self.logic.next_wake(keyed.state) if self.last else keyed.wake
+            self.store.put(customer, Snapshot(keyed.state, keyed.pending), wake)
+        record_counts(counts)
+
+    def _keyed(self, snapshot: Snapshot) -> Keyed:
+        """A stored customer as the driver keeps it: its timer is the core loop's next one."""
+        wakes = [event.ts for event in snapshot.pending]
+        wake = self.logic.next_wake(snapshot.state)
+        if wake is not None:
+            wakes.append(wake)
+        return Keyed(snapshot.state, snapshot.pending, min(wakes, default=None))
+
+    def finish_bundle(self) -> None:
+        save_worker_state(self.store, self.logic)
+        self.store.commit()
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
 def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore, run_key: str) -> None:
     due = store.all_keys() if last else store.due(end) if end is not None else []
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
@@ -195,6 +381,25 @@ def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: 
         wakes = pipeline | "Due" >> beam.Create([str(path)]) | "DueCustomers" >> beam.FlatMap(_due_keys)
     step = ReplayCustomerFn(spec.config, end, last, str(store.path))
     build(spec, records, step, wakes, run_key=run_key)
+    pipeline.run().wait_until_finish()
+
+
+def _run_stitched_chunk(
+    spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore, run_key: str, plan: Plan
+) -> None:
+    due = store.all_keys() if last else store.due(chunk.watermark) if chunk.watermark is not None else []
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
+    entries = (
+        pipeline
+        | "Chunk" >> beam.Create([str(chunk.path)])
+        | "Read" >> beam.ParDo(ReadTaggedChunkFn(plan.components)).with_outputs(DEAD, main="events")
+    )
+    wakes = None
+    if due:
+        keys = sorted({plan.components.get(key, key) for key in due})
+        wakes = pipeline | "Due" >> beam.Create([(key, None) for key in keys])
+    step = ReplayComponentFn(spec.config, chunk, end, last, str(store.path), plan.members)
+    wire(spec, entries["events"], entries[DEAD], step, wakes, run_key=run_key)
     pipeline.run().wait_until_finish()
 
 
@@ -211,17 +416,29 @@ def run_file(spec: JobSpec) -> None:
     # the cache, state goes straight to the runner's in-memory state store: about 3x the throughput.
     worker_handlers.STATE_CACHE_SIZE_MB = 0
     run_key = uuid.uuid4().hex
+    identity = spec.config.identity
     with tempfile.TemporaryDirectory(prefix="segstream-replay-") as tmp, customer_store(spec.state_file) as store:
         _reevaluate_stored(spec, store)
-        chunks, max_ts = split_into_chunks(spec, Path(tmp), spec.chunk_events)
+        if identity is None:
+            chunks, max_ts = split_into_chunks(spec, Path(tmp), spec.chunk_events)
+        else:  # the graph carries over from an earlier run (--resume)
+            stitcher, components = Stitcher(identity, {}), Components()
+            stitcher.graph = store.get_shared("identity") or stitcher.graph
+            chunks, max_ts = tag_into_chunks(spec, Path(tmp), spec.chunk_events, stitcher, components)
+            plan = Plan.of(components)
         total = sum(chunk.records for chunk in chunks)
         with tqdm(total=total, unit="ev", desc="replay", disable=not spec.progress, leave=False) as bar:
             for number, chunk in enumerate(chunks):
                 last = number == len(chunks) - 1
                 end = max(max_ts, spec.as_of or max_ts) if last and max_ts is not None else chunk.watermark
-                _run_chunk(spec, chunk, end, last, store, run_key)
+                if identity is None:
+                    _run_chunk(spec, chunk, end, last, store, run_key)
+                else:
+                    _run_stitched_chunk(spec, chunk, end, last, store, run_key, plan)
                 chunk.path.unlink()
                 bar.update(chunk.records)
+        if identity is not None:
+            store.put_shared("identity", stitcher.graph)
         _write_final_profiles(spec, store)
     finish_forgets(spec, run_key)
 

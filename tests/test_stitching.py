@@ -107,15 +107,15 @@ def test_stitching_is_deterministic_across_replays_and_a_resume(tmp_path: Path, 
     assert ids(second / "profiles.jsonl") == ids(whole / "profiles.jsonl")  # the graph carried over
 
 
-def test_stitching_on_beam_or_a_live_source_is_a_clear_error(tmp_path: Path) -> None:
-    source, _ = _generate(tmp_path, persons=5)
+def test_stitching_on_a_live_source_is_a_clear_error(tmp_path: Path) -> None:
     config = str(_config(tmp_path))
-    result = CliRunner().invoke(main, ["run", "--source", str(source), "--engine", "beam", "--config", config])
-    assert result.exit_code == 2 and "identity.stitch runs on --engine core and --engine flink" in result.output
     watched = tmp_path / "incoming"
     watched.mkdir()
     result = CliRunner().invoke(main, ["run", "--source", str(watched), "--engine", "flink", "--config", config])
-    assert result.exit_code == 2 and "identity.stitch needs a bounded input" in result.output
+    assert result.exit_code == 2 and "identity.stitch needs a bounded input" in result.output, result.output
+    stream = "redis-stream://127.0.0.1:1/events"
+    result = CliRunner().invoke(main, ["run", "--source", stream, "--engine", "beam", "--config", config])
+    assert result.exit_code == 2 and "identity.stitch needs a bounded input" in result.output, result.output
 
 
 def _flink(source: Path, config: str, out: Path, redis_url: str, *conf: str) -> None:
@@ -135,8 +135,11 @@ def _by_customer(path: Path) -> dict[str, list[dict]]:
     return dict(grouped)
 
 
-def test_flink_stitches_as_the_core_loop_does(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keyed by component (pipelines.stitched), at parallelism 1 and 2, in batches of 100 events."""
+def test_beam_and_flink_stitch_as_the_core_loop_does(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyed by component (pipelines.stitched): Beam in chunks of 300 records, Flink at parallelism
+    1 and 2 in batches of 100 events."""
     monkeypatch.setenv("SEGSTREAM_EMAIL_SALT", SALT)
     source, truth = _generate(tmp_path)
     config = str(_config(tmp_path))
@@ -145,6 +148,13 @@ def test_flink_stitches_as_the_core_loop_does(tmp_path: Path, redis_url: str, mo
             "--redis-prefix", "core", *outputs(core))  # fmt: skip
     expected = _by_customer(core / "changes.jsonl")
     assert sum(1 for lines in expected.values() for line in lines if line.get("kind") == "identity_merge") > 20
+    beam = tmp_path / "beam"
+    run_cli("--source", str(source), "--engine", "beam", "--config", config, "--redis-url", redis_url,
+            "--redis-prefix", "beam", "--chunk-events", "300", *outputs(beam))  # fmt: skip
+    assert _by_customer(beam / "changes.jsonl") == expected
+    assert sorted(map(json.dumps, without_scores(read_jsonl(beam / "profiles.jsonl")))) == sorted(
+        map(json.dumps, without_scores(read_jsonl(core / "profiles.jsonl")))
+    )
     for parallelism in (1, 2):
         out = tmp_path / f"flink{parallelism}"
         _flink(source, config, out, redis_url, "segstream.batch-size=100", f"parallelism.default={parallelism}")
