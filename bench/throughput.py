@@ -247,9 +247,16 @@ def _engine_runner(engine: str, spec: JobSpec) -> Callable[[], None]:
         from pipelines.core_engine import CoreEngine
 
         return lambda: CoreEngine(spec).run()
+    if engine == "flink":  # after any Beam run: PyFlink's client breaks later Beam pipelines in its process
+        from pipelines.flink_job import run_flink
+
+        return lambda: run_flink(spec)
     from pipelines.beam_replay import run_file  # imported outside the timed block
 
     return lambda: run_file(spec)
+
+
+ENGINE_LABELS = {"core": "core engine", "flink": "Flink local mini-cluster"}
 
 
 def stage_engine(engine: str, spec: JobSpec, records: int, sampler: RssSampler | None) -> Stage:
@@ -265,7 +272,7 @@ def stage_engine(engine: str, spec: JobSpec, records: int, sampler: RssSampler |
     counts = METRICS.snapshot().minus(before)
     if not counts.balanced() or counts.totals["events_in"] != records:
         raise SystemExit(f"{engine}: counts do not add up over {records} records: {counts}")
-    label = "core engine end to end" if engine == "core" else "Beam DirectRunner end to end"
+    label = ENGINE_LABELS.get(engine, "Beam DirectRunner") + " end to end"
     memory = sampler.report() if sampler is not None else None
     return Stage(engine, label, elapsed[0], records, summarize(counts), memory)
 

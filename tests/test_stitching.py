@@ -86,7 +86,8 @@ def test_stitching_matches_the_truth_and_refuses_shared_devices(
     assert sum(1 for _, fields in stream if "merge_id" in fields) == len(merges)
 
 
-def test_stitching_is_deterministic_across_replays_and_a_resume(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("engine", ["core", "beam"])
+def test_stitching_is_deterministic_across_replays_and_a_resume(engine: str, tmp_path: Path, redis_url: str) -> None:
     source, _ = _generate(tmp_path, persons=60)
     config = str(_config(tmp_path))
     whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
@@ -100,11 +101,13 @@ def test_stitching_is_deterministic_across_replays_and_a_resume(tmp_path: Path, 
     halves = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     halves[0].write_text("\n".join(lines[: len(lines) // 2]) + "\n", encoding="utf-8")
     halves[1].write_text("\n".join(lines[len(lines) // 2 :]) + "\n", encoding="utf-8")
-    state = ["--resume", "--state-dir", str(tmp_path / "state"), "--redis-url", redis_url, "--engine", "core"]
+    state = ["--resume", "--state-dir", str(tmp_path / "state"), "--redis-url", redis_url, "--engine", engine]
     run_cli("--source", str(halves[0]), "--config", config, *state, *outputs(first))
     run_cli("--source", str(halves[1]), "--config", config, *state, *outputs(second))
     ids = lambda path: sorted(p["customer_id"] for p in read_jsonl(path))  # noqa: E731
     assert ids(second / "profiles.jsonl") == ids(whole / "profiles.jsonl")  # the graph carried over
+    all_changes = lambda *dirs: sorted(line for d in dirs for line in (d / "changes.jsonl").read_text().splitlines())  # noqa: E731
+    assert all_changes(first, second) == all_changes(whole)  # the merges and changes, once each
 
 
 def test_stitching_on_a_live_source_is_a_clear_error(tmp_path: Path) -> None:
