@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded, stop_embedded
 from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
 from pipelines.sources import SourceError, check_source
+from pipelines.watermarked import Counts
 from pipelines.webhook_receiver import MAX_TOLERANCE_S, WebhookReceiver
 from transforms.adapters import ADAPTERS
 from transforms.config import SALT_ENV, ConfigError, JobConfig, load_config
@@ -133,6 +135,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
     before = METRICS.snapshot()
     METRICS.models = {}
+    flink_counts: Counts = Counter()
     started = time.perf_counter()
     try:
         with Deliveries(spec.config.webhooks, spec.redis_url, spec.redis_prefix) as deliveries:
@@ -145,7 +148,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
             elif engine == "flink":
                 from pipelines.flink_job import run_flink
 
-                run_flink(spec)
+                flink_counts = run_flink(spec)
             else:
                 CoreEngine(spec).run()
             seconds = time.perf_counter() - started  # the delivery drain after the input is not counted
@@ -154,7 +157,9 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     for line in deliveries.report.lines():
         click.echo(line)
     counts = METRICS.snapshot().minus(before)
-    summary = counts.summary(seconds, engine, spec.config.rules.version, METRICS.models or None)
+    # On Flink each worker has models of its own: the summary counts what they learnt together.
+    learnt = {key[1]: n for key, n in flink_counts.items() if key[0] == "model_updates"} if engine == "flink" else None
+    summary = counts.summary(seconds, engine, spec.config.rules.version, METRICS.models or None, learnt)
     RedisSink(shared_client(spec.redis_url), spec.redis_prefix).write_summary(summary)
     if outputs.summary is not None:
         outputs.summary.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import json
 import signal
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from pipelines.flink_env import environment, under_flink_cli
+from pipelines.flink_keys import default_max_parallelism, home_keys
 from pipelines.forget import SinkForgets
 from pipelines.job import JobSpec
 from pipelines.model_publisher import ModelPublisher
@@ -59,6 +61,7 @@ from pipelines.sources import FILE_SUFFIXES, SourceError
 from pipelines.stitched import MERGE, ComponentDriver, Stitcher, plan_file
 from pipelines.watermarked import (
     CHANGE,
+    COUNTS,
     DEAD,
     FINAL,
     FORGOTTEN,
@@ -119,10 +122,13 @@ class ReadFn(KeyedProcessFunction):
     the ValueState holds the reader's state as of the last batch.
     """
 
-    def __init__(self, spec: JobSpec, batch_size: int = 1, stitcher: Stitcher | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, batch_size: int = 1, stitcher: Stitcher | None = None, model_keys: list[str] | None = None
+    ) -> None:
         self.spec = spec
         self.batch_size = batch_size
         self.stitcher = stitcher
+        self.model_keys = model_keys or []  # one per customer-step instance: where it checkpoints its models
 
     def open(self, runtime_context: RuntimeContext) -> None:
         config = self.spec.config
@@ -139,6 +145,7 @@ class ReadFn(KeyedProcessFunction):
         self.keys = runtime_context.get_map_state(MapStateDescriptor("customers", Types.STRING(), Types.BOOLEAN()))
         self.unsent = runtime_context.get_list_state(ListStateDescriptor("unsent", PICKLED))
         self.known: set[str] = set()
+        self.models_sent_at: float | None = None  # when the model keys were last sent (this attempt)
         self.read: ReadState | None = None  # the one key's state as an object (only written back)
         self.pending: list[Tagged] = []  # the ListState's events as objects (only read on a restore)
 
@@ -197,7 +204,27 @@ class ReadFn(KeyedProcessFunction):
             self.graph.update(self.stitcher.graph)
         if self.batch_size > 1:
             self.unsent.clear()  # with batches of 1 every event is sent at once, never stored
-        yield from batch_by_key(records, self.step.watermark(state), self.step.out_of_order_ms)
+        batches = batch_by_key(records, self.step.watermark(state), self.step.out_of_order_ms)
+        models = self._models_due() and batches
+        if models:  # the first of an attempt restores the instance's models, before any event
+            yield from self._model_batches(batches[0].records[0].tag + self.step.out_of_order_ms + 1)
+        yield from batches
+        if models:  # the models as of the end of this send: what a checkpoint after it holds
+            yield from self._model_batches(batches[-1].ts)
+
+    def _models_due(self) -> bool:
+        """Every batch of a bounded input; on a live one (a send per event) at most once a second."""
+        if not self.model_keys:
+            return False
+        now = time.monotonic()
+        if self.batch_size == 1 and self.models_sent_at is not None and now - self.models_sent_at < 1:
+            return False
+        self.models_sent_at = now
+        return True
+
+    def _model_batches(self, ts: int) -> Iterator[Batch]:
+        for key in self.model_keys:
+            yield Batch(key, [], ts)
 
 
 class EventTime(TimestampAssigner):
@@ -237,8 +264,14 @@ class CustomerFn(KeyedProcessFunction):
         self.cache: dict[str, Keyed] = {}
         self.rendering: dict[str, Keyed] = {}  # touched customers, rendered together by one timer
         self.render_timer = False  # whether that timer is set in this attempt
+        self.models_restored = False  # whether this attempt looked for checkpointed models
+        index, parallelism, max_parallelism = _task_info(runtime_context)
+        self.home_key = home_keys(parallelism, max_parallelism)[index]
 
     def process_element(self, batch: Batch, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        if not batch.records:
+            self._checkpoint_models(batch.key)
+            return
         keyed = self._load(batch.key)
         before = self.driver.trigger(keyed)
         known = keyed is not None
@@ -272,6 +305,9 @@ class CustomerFn(KeyedProcessFunction):
             self.value.clear()
             if not self.driver.final_started:  # the first final profile: publish the models once
                 self.publisher.publish()
+                models = self.driver.logic.models
+                if models is not None:  # what this instance learnt, for the run summary
+                    yield [(COUNTS, Counter({("model_updates", t): m.n_updates for t, m in models.models.items()}))]
             yield self.driver.final(keyed)
         elif timestamp == self.driver.trigger(keyed):
             out = self.driver.on_watermark(keyed, ctx.timer_service().current_watermark())
@@ -281,6 +317,22 @@ class CustomerFn(KeyedProcessFunction):
                 self._keep(key, keyed, None, ctx)
             if out:
                 yield out
+
+    def _checkpoint_models(self, key: str) -> None:
+        """The models of this instance in keyed state under its own key (PyFlink has no operator
+        state): a checkpoint holds them as of the reader's last send before it. The first time in
+        an attempt, continue from the ones a restored checkpoint holds."""
+        if key != self.home_key:
+            raise RuntimeError(f"model key {key} reached instance {self.home_key}: key routing differs from Flink's")
+        logic = self.driver.logic
+        if logic.models is None:
+            return
+        if not self.models_restored:
+            self.models_restored = True
+            stored = self.value.value()
+            if stored is not None and logic.use_models(stored):
+                self.publisher.follow(logic.models)
+        self.value.update(logic.models)
 
     def _load(self, key: str) -> Keyed | None:
         keyed = self.cache.pop(key, None)
@@ -434,6 +486,20 @@ class SinkFn(KeyedProcessFunction):
         self._written(self.written.value()[0])
 
 
+def _task_info(runtime_context: RuntimeContext) -> tuple[int, int, int]:
+    """This instance's index, the parallelism and the max parallelism. PyFlink 2.3's thread mode
+    calls the Java methods that Flink 2 moved to ``TaskInfo``: there they are read from it."""
+    try:
+        return (
+            runtime_context.get_index_of_this_subtask(),
+            runtime_context.get_number_of_parallel_subtasks(),
+            runtime_context.get_max_number_of_parallel_subtasks(),
+        )
+    except AttributeError:
+        info = runtime_context._runtime_context.getTaskInfo()  # type: ignore[attr-defined]
+        return info.getIndexOfThisSubtask(), info.getNumberOfParallelSubtasks(), info.getMaxNumberOfParallelSubtasks()
+
+
 def _at_next_flush(ctx: KeyedProcessFunction.Context) -> None:
     """A processing-time timer at the next multiple of FLUSH_EVERY_MS (one per key: a restored one is the same)."""
     now = ctx.timer_service().current_processing_time()
@@ -482,10 +548,15 @@ def build(env: StreamExecutionEnvironment, spec: JobSpec, run_id: str) -> None:
     batch_size = 1 if live else int(dict(spec.engine_conf).get(BATCH_SIZE_KEY, BATCH_SIZE))
     identity = spec.config.identity
     stitcher = None if identity is None else Stitcher(identity, plan_file(spec))
+    parallelism = env.get_parallelism()
+    max_parallelism = env.get_max_parallelism()
+    if max_parallelism <= 0:
+        max_parallelism = default_max_parallelism(parallelism)
+    model_keys = home_keys(parallelism, max_parallelism) if spec.config.models is not None else []
     read = (
         read_lines(env, spec.source)
         .key_by(lambda _: 0, Types.INT())
-        .process(ReadFn(spec, batch_size, stitcher), PICKLED)
+        .process(ReadFn(spec, batch_size, stitcher, model_keys), PICKLED)
         .name("read")
         .uid("read")
         .set_parallelism(1)

@@ -39,6 +39,11 @@ class ModelPublisher:
         self.published_at = self._updates()
         METRICS.record_models(self.models.summary())
 
+    def follow(self, models: Models) -> None:
+        """Publish ``models`` from now on (the engine restored them from its checkpoint)."""
+        self.models = models
+        self.published_at = self._updates()
+
     def restore(self) -> bool:
         """Continue from the latest snapshots in Redis if they are of this job's model; True if so."""
         if self.models is None:

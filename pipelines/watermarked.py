@@ -326,6 +326,8 @@ def record_counts(counts: Counts, metrics: JobMetrics = METRICS) -> None:
             metrics.changes.labels(key[1], key[2]).inc(n)
         elif key[0] == "dead_letter":
             metrics.dead_letters.labels(key[1]).inc(n)
+        elif key[0] == "model_updates":
+            continue  # per task, summed over the workers: the run summary's (pipelines.flink_job)
         elif key == ("identity_merges",):
             metrics.identity_merges.inc(n)
         elif key[0] == "identity_refused":

@@ -135,6 +135,7 @@ RUN_SUMMARIES = st.fixed_dictionaries(
                 }
             ),
         ),
+        "model_updates": st.dictionaries(st.sampled_from(["churn", "propensity"]), LONGS),
     }
 )
 IDENTITY_MERGES = st.fixed_dictionaries(
@@ -227,6 +228,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "engine": "core",
         "rules_version": "",
         "models": None,
+        "model_updates": {},
     },
     "ClickstreamEvent": dict.fromkeys(INPUT_COMMON) | {"event_id": "e1", "type": "page_view", "ts": TS_MS},
     "Transaction": dict.fromkeys(INPUT_COMMON)

@@ -48,9 +48,15 @@ class RunCounts:
         return self.totals["events_in"] == out
 
     def summary(
-        self, seconds: float, engine: str, rules_version: str, models: dict[str, Any] | None = None
+        self,
+        seconds: float,
+        engine: str,
+        rules_version: str,
+        models: dict[str, Any] | None = None,
+        model_updates: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        """The run summary (Avro ``RunSummary``); ``models``: per task, the model and its validation."""
+        """The run summary (Avro ``RunSummary``); ``models``: per task, the model and its validation;
+        ``model_updates``: labels learnt per task over every worker (by default ``models``' own)."""
         by_segment: dict[str, dict[str, int]] = {}
         for (segment, change), n in sorted(self.changes.items()):
             by_segment.setdefault(segment, {"entered": 0, "exited": 0})[change] = n
@@ -70,4 +76,7 @@ class RunCounts:
             "engine": engine,
             "rules_version": rules_version,
             "models": models,
+            "model_updates": model_updates
+            if model_updates is not None
+            else {task: figures["n_updates"] for task, figures in (models or {}).items()},
         }
