@@ -154,6 +154,12 @@ def scaled_logistic_parts(
     return None
 
 
+def learns_by_sgd(parts: tuple[preprocessing.StandardScaler, linear_model.LogisticRegression] | None) -> bool:
+    """Whether :meth:`OnlineModel.learn_clean` may update these parts itself: plain SGD without L1
+    (the ``logistic`` model's optimiser), the update River's ``learn_one`` makes."""
+    return parts is not None and type(parts[1].optimizer) is optim.SGD and not parts[1].l1
+
+
 def linear_coefficients(
     scaler: preprocessing.StandardScaler, regression: linear_model.LogisticRegression
 ) -> dict[str, tuple[float, float]]:
@@ -200,6 +206,7 @@ class OnlineModel(base.Classifier):
         self.model = build_model(name, params)
         self.n_updates = 0
         self._linear = scaled_logistic_parts(self.model)
+        self._sgd = learns_by_sgd(self._linear)
         self._coefficients: dict[str, tuple[float, float]] = {}
         self._coefficients_at: int | None = None  # n_updates when the coefficients were read
 
@@ -207,6 +214,7 @@ class OnlineModel(base.Classifier):
         """Unpickle, also snapshots of versions without the fast path's attributes."""
         self.__dict__.update(state)
         self.__dict__.setdefault("_linear", scaled_logistic_parts(self.model))
+        self.__dict__.setdefault("_sgd", learns_by_sgd(self._linear))
         self.__dict__.setdefault("_coefficients", {})
         self.__dict__.setdefault("_coefficients_at", None)
 
@@ -221,9 +229,63 @@ class OnlineModel(base.Classifier):
         self.learn_clean(clean_features(x), bool(y))
 
     def learn_clean(self, x: dict[str, float], y: bool) -> None:
-        """:meth:`learn_one` of features :func:`clean_features` already cleaned (the job's hot path)."""
-        self.model.learn_one(x, y)
-        self.n_updates += 1
+        """:meth:`learn_one` of features :func:`clean_features` already cleaned (the job's hot path).
+
+        The default pipeline learns without River's pipeline machinery (:meth:`_learn_sgd`: the
+        same update, about four times faster) and keeps the fast path's coefficients current."""
+        if self._sgd and not compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
+            current = self._coefficients_at == self.n_updates
+            self._learn_sgd(x, y, self._coefficients if current else None)
+            self.n_updates += 1
+            if current:
+                self._coefficients_at = self.n_updates
+        else:
+            self.model.learn_one(x, y)
+            self.n_updates += 1
+
+    def _learn_sgd(self, x: dict[str, float], y: bool, coefficients: dict[str, tuple[float, float]] | None) -> None:
+        """``StandardScaler() | LogisticRegression(optim.SGD)``'s ``learn_one``, operation for
+        operation as River computes it (the same floats; tested): the scaler learns ``x``, scales it,
+        then one gradient step on the weights of ``x``'s features and on the intercept. The
+        ``coefficients`` of :func:`linear_coefficients`, if given, are brought up to date: an update
+        moves only those of ``x``'s features."""
+        assert self._linear is not None
+        scaler, regression = self._linear
+        counts, means, variances = scaler.counts, scaler.means, scaler.vars
+        scaled, stats = {}, {}
+        for name, value in x.items():  # StandardScaler.learn_one, then transform_one
+            counts[name] += 1
+            n = counts[name]
+            old = means[name]
+            mean = means[name] = old + (value - old) / n
+            variance = variances[name] = variances[name] + ((value - old) * (value - mean) - variances[name]) / n
+            std = variance**0.5
+            scaled[name] = (value - mean) / std if std else 0.0
+            stats[name] = (mean, variance, std)
+        weights = regression._weights
+        z, known = 0.0, {}  # River's dot product, in its order: the known weights (a new one is 0.0)
+        for name, weight in weights.items():
+            value = scaled.get(name)
+            if value is not None:
+                z += weight * value
+                known[name] = weight
+        gradient = regression.loss.gradient(y_true=y, y_pred=z + regression.intercept)
+        gradient = float(max(min(gradient, regression.clip_gradient), -regression.clip_gradient))
+        optimizer = regression.optimizer
+        regression.intercept -= regression.intercept_lr.get(optimizer.n_iterations) * gradient
+        lr, l2 = optimizer.learning_rate, regression.l2
+        for name, value in scaled.items():  # new features join the weights in x's order, as in River
+            weight = known.get(name, 0.0)
+            step = value * gradient + weight * l2 if l2 else value * gradient
+            weight = weights[name] = weight - step * lr
+            if coefficients is not None:
+                mean, variance, std = stats[name]
+                if weight and variance:
+                    c = weight / std
+                    coefficients[name] = (c, c * mean)
+                else:
+                    coefficients.pop(name, None)
+        optimizer.n_iterations += 1
 
     def predict_clean(self, x: dict[str, float]) -> float:
         """P(label is True) for features :func:`clean_features` already cleaned.

@@ -37,6 +37,7 @@ from online_models import (
     roc_auc,
 )
 from online_models import snapshots as snapshot_module
+from online_models.pipelines import linear_coefficients
 
 DAY = DAY_MS
 
@@ -163,6 +164,40 @@ def test_fast_logistic_prediction_equals_rivers(examples, x, params) -> None:
         assert model.predict_clean(x) == pytest.approx(reference.predict_proba_one(x)[True], abs=1e-12)
     restored = pickle.loads(pickle.dumps(model))
     assert restored.predict_clean(x) == pytest.approx(reference.predict_proba_one(x)[True], abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.dictionaries(st.sampled_from("abcdef"), st.floats(-1e6, 1e6), max_size=6), st.booleans()),
+        max_size=60,
+    ),
+    st.sampled_from([{}, {"lr": 0.05}, {"lr": 0.5, "l2": 0.01}, {"lr": 0.1, "clip_gradient": 0.2}]),
+    st.integers(1, 3),
+)
+def test_fast_logistic_learning_equals_rivers_bit_for_bit(examples, params, predict_every) -> None:
+    model = OnlineModel("logistic", params)
+    reference = build_model("logistic", params)
+    assert model._sgd
+    for n, (features, label) in enumerate(examples):
+        if n % predict_every == 0:
+            model.predict_clean(features)  # the coefficients are current: the update moves them in place
+        model.learn_clean(features, label)
+        reference.learn_one(features, label)
+    scaler, regression = model.model.steps.values()
+    river_scaler, river_regression = reference.steps.values()
+    assert list(regression._weights.items()) == list(river_regression._weights.items())
+    assert regression.intercept == river_regression.intercept
+    assert regression.optimizer.n_iterations == river_regression.optimizer.n_iterations == len(examples)
+    assert (scaler.counts, scaler.means, scaler.vars) == (river_scaler.counts, river_scaler.means, river_scaler.vars)
+    model.predict_clean({})
+    assert model._coefficients == linear_coefficients(scaler, regression)
+
+
+def test_other_optimisers_and_l1_learn_through_river() -> None:
+    assert not OnlineModel("logistic", {"optimizer": optim.Adam()})._sgd
+    assert not OnlineModel("logistic", {"l1": 0.01})._sgd
+    assert not OnlineModel("naive_bayes")._sgd
 
 
 def test_snapshots_without_the_fast_path_attributes_still_load() -> None:
