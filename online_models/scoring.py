@@ -93,6 +93,11 @@ class Models:
             task: ProgressiveValidation(s.validation_window, s.calibration_bins) for task in TASKS
         }
 
+    @property
+    def leading(self) -> str:
+        """The task with the shorter horizon: its snapshots set the customers' timers."""
+        return min(TASKS, key=self.settings.days)
+
     def new_pending(self) -> dict[str, PendingLabels]:
         """A new customer's empty pending labels, one per task."""
         s = self.settings
@@ -143,6 +148,20 @@ class Models:
         """When to fire the customer's timer next (event time), or None."""
         times = [t for t in (pending[task].next_due() for task in TASKS) if t is not None]
         return min(times) if times else None
+
+    def revisits(self, pending: dict[str, PendingLabels], now: int) -> bool:
+        """Whether the customer's timer at ``now`` (before :meth:`expire`) is a revisit, which
+        snapshots a silent customer and recomputes the scores: a snapshot of the task with the shorter
+        horizon falls due, or ``refresh_ms`` is set. Otherwise the timer only learns the other
+        task's labels."""
+        due = pending[self.leading].next_due()
+        return bool(self.settings.refresh_ms) or (due is not None and due <= now)
+
+    def wants_refresh(self, pending: dict[str, PendingLabels]) -> bool:
+        """Whether a revisit (after :meth:`expire`) snapshots the silent customer: when no snapshot of
+        the task with the shorter horizon waits any more (so a silent customer is revisited once per
+        that horizon, not once per snapshot), and at every boundary of ``refresh_ms``."""
+        return bool(self.settings.refresh_ms) or not pending[self.leading]
 
     def merge(self, pending: dict[str, PendingLabels], absorbed: dict[str, PendingLabels]) -> list[Example]:
         """Identity merge: move ``absorbed``'s pendings into ``pending``; returns the labels it decides."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,32 @@ def test_profiles_carry_scores_that_rise_in_silence() -> None:
     later = logic.profile(state)["churn_score"]
     assert 0.0 <= soon < later <= 1.0 and step.touched
     assert 0.0 <= logic.profile(state)["propensity_score"] <= 1.0
+
+
+def test_a_silent_customer_is_revisited_once_per_propensity_horizon() -> None:
+    """A revisit snapshots the silent customer once no propensity snapshot waits: one chain of
+    revisits however many snapshots the active days left; a churn label that falls due between two
+    revisits is learnt at its time, without new scores."""
+    logic = logic_for()
+    models = logic.models
+    assert models is not None
+    state = logic.new_state("user:u1")
+    for day in range(5):  # five active days, no purchase: five propensity snapshots
+        logic.advance(state, [view(day, T0 + day * DAY + 5)], T0 + day * DAY + 5)
+    revisits, churn_only = [], 0
+    while state.model_wake is not None and state.model_wake < T0 + 300 * DAY:
+        at, learnt = state.model_wake, models.models["churn"].n_updates
+        assert state.labels is not None
+        revisit = state.labels["propensity"].next_due() == at
+        step = logic.advance(state, [], at)
+        if revisit:
+            revisits.append(at)
+        else:
+            churn_only += 1
+            assert models.models["churn"].n_updates > learnt and not step.touched
+    assert revisits[:5] == [T0 + day * DAY + 5 + 14 * DAY + 1 for day in range(5)]
+    assert {b - a for a, b in itertools.pairwise(revisits[4:])} == {14 * DAY + 1}  # one chain
+    assert churn_only > 0 and len(revisits) == 5 + (T0 + 300 * DAY - revisits[4]) // (14 * DAY + 1)
 
 
 @pytest.mark.parametrize("refresh", [None, "1d"])

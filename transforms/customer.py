@@ -349,14 +349,21 @@ class CustomerLogic(PrivacyLogic):
             state.model_wake = self._next_model_wake(state, now)
 
     def _model_timer(self, state: CustomerState, now: int, step: Step) -> None:
-        """Label the snapshots whose horizon passed (the models learn them), snapshot the features of
-        a silent customer (so the models see recency grow) and recompute the scores: the profile is
-        written again if one moved, and the segments that read them are evaluated."""
+        """Label the snapshots whose horizon passed (the models learn them). At a revisit
+        (:meth:`Models.revisits`: a propensity snapshot fell due) also snapshot the features of a
+        silent customer once no propensity snapshot waits (so the models see recency grow) and
+        recompute the scores: the profile is written again if one moved, and the segments that read
+        them are evaluated."""
         assert self.models is not None and state.labels is not None
+        revisit = self.models.revisits(state.labels, now)
         self.models.learn(self.models.expire(state.labels, now))
+        if not revisit:
+            state.model_wake = self._next_model_wake(state, now)
+            return
         profile = state.profile
         features = model_features(self.model, profile, now)  # once, for the snapshot and the scores
-        self.models.observe(state.labels, features, "refresh", now)
+        if self.models.wants_refresh(state.labels):
+            self.models.observe(state.labels, features, "refresh", now)
         state.model_wake = self._next_model_wake(state, now)
         if state.scores is None or any(
             abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= SCORE_WRITE_DELTA
