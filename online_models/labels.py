@@ -141,6 +141,8 @@ class PendingLabels:
     def on_purchase(self, ts: int) -> list[Example]:
         """Label the snapshots this purchase at ``ts`` decides (those in ``[ts - horizon, ts)``)."""
         self._remember_purchase(ts)
+        if not self.snapshots or self.snapshots[0][0] >= ts:  # sorted: nothing before the purchase waits
+            return []
         examples: list[Example] = []
         kept: list[tuple[int, dict[str, float]]] = []
         for snapshot_ts, features in self.snapshots:
@@ -204,7 +206,11 @@ class PendingLabels:
         return examples
 
     def _remember_purchase(self, ts: int) -> None:
-        self._remember_bucket(ts // self.snapshot_every_ms, ts, ts)
+        bucket = ts // self.snapshot_every_ms
+        known = self.purchases.get(bucket)
+        if known is not None and known[0] <= ts <= known[1]:
+            return  # inside what the bucket remembers (another line of the same order, say): no change
+        self._remember_bucket(bucket, ts, ts)
         self._prune_purchases()
 
     def _remember_bucket(self, bucket: int, earliest: int, latest: int) -> None:

@@ -217,6 +217,24 @@ def test_result_of_an_empty_accumulator_is_all_zero() -> None:
     assert windows.is_empty(activity)
 
 
+def test_an_empty_accumulator_answers_like_the_full_computation() -> None:
+    """An empty accumulator (a silent customer, pruned) is answered from precomputed results: the
+    same values of the same types, in fresh dicts."""
+    windows = WindowSet(SPEC_POOL, session_gap_ms=30 * MINUTE)
+    full = WindowSet(SPEC_POOL, session_gap_ms=30 * MINUTE)
+    full.is_empty = lambda activity: False  # type: ignore[method-assign]  # always the full computation
+    activity = windows.create()
+    for name in windows.specs:
+        for now in (0, T0, T0 + 12_345_678):
+            result = windows.result(activity, name, now)
+            assert list(result.items()) == list(full.result(activity, name, now).items())
+            for metric in result:
+                value = windows.value(activity, name, metric, now)
+                assert (value, type(value)) == (full.value(activity, name, metric, now), type(result[metric]))
+        result["events"] = 99
+        assert windows.result(activity, name, T0)["events"] == 0
+
+
 def test_small_sliding_window_boundaries_by_hand() -> None:
     """10 min by 2 min: at 10:00 the window starts at 09:52, so an event at 09:51:59.999 is out."""
     windows = WindowSet((WindowSpec("10m", 10 * MINUTE, 2 * MINUTE),), session_gap_ms=MINUTE)

@@ -89,6 +89,7 @@ class WindowSet:
         self.slides = sorted({spec.slide_ms for spec in specs})
         self.longest = max((spec.size_ms + spec.slide_ms for spec in specs), default=0)
         self.finest = min((spec.slide_ms for spec in specs), default=60_000)
+        self._empty = {name: self._result(Activity(), name, 0) for name in self.specs}  # the same at any time
 
     def create(self) -> Activity:
         return Activity()
@@ -157,6 +158,11 @@ class WindowSet:
 
     def result(self, activity: Activity, name: str, now: int) -> dict[str, float]:
         """Every metric of window ``name`` at ``now``, in one pass over each part of the activity."""
+        if self.is_empty(activity):  # a customer silent for longer than every window (pruned)
+            return dict(self._empty[name])
+        return self._result(activity, name, now)
+
+    def _result(self, activity: Activity, name: str, now: int) -> dict[str, float]:
         spec = self.specs[name]
         last = now // spec.slide_ms
         first = last - spec.panes + 1
@@ -180,6 +186,8 @@ class WindowSet:
 
     def value(self, activity: Activity, name: str, metric: str, now: int) -> float:
         """One metric of window ``name`` at ``now`` (only what it needs is computed)."""
+        if self.is_empty(activity):
+            return self._empty[name][metric]
         spec = self.specs[name]
         start = spec.start(now)
         if metric in _SEEN:
