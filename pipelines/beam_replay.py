@@ -51,12 +51,12 @@ from pipelines.customer_store import (
     save_shared,
     save_worker_state,
 )
-from pipelines.job import JobSpec
+from pipelines.job import JobSpec, accepted_event_time
 from pipelines.metrics import METRICS
 from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import OutputSink
 from pipelines.snapshot_store import SnapshotStore
-from pipelines.sources import RawRecord, read_records, record_event_time
+from pipelines.sources import RawRecord, read_records
 from pipelines.stitched import MERGE, Component, ComponentDriver, Components, Stitcher
 from pipelines.watermarked import (
     CHANGE,
@@ -121,6 +121,7 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
     max_ts: int | None = None
     handle: BinaryIO | None = None
     records = read_records(Path(spec.source), spec.config.cleaning.max_record_bytes, spec.progress)
+    cleaner = spec.cleaner()
     done = 0
     path = directory / "chunk-00000.pkl"
     for count, record in enumerate(records, start=1):
@@ -135,7 +136,7 @@ def split_into_chunks(spec: JobSpec, directory: Path, chunk_events: int) -> tupl
             path = directory / f"chunk-{len(chunks):05d}.pkl"
             handle = path.open("wb")
         pickle.dump(record, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        ts = record_event_time(record)
+        ts = accepted_event_time(cleaner, record, spec.now_ms)
         if ts is not None and (max_ts is None or ts > max_ts):
             max_ts = ts
         if count % chunk_events == 0:

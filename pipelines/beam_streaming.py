@@ -14,9 +14,10 @@ runner a production connector (Pub/Sub, Kafka) takes this place.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -27,11 +28,11 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 
 from pipelines.beam_pipeline import LiveCustomerFn, build, finish_forgets
-from pipelines.job import JobSpec
+from pipelines.job import JobSpec, accepted_event_time
 from pipelines.metrics import METRICS
 from pipelines.redis_store import StopClock
 from pipelines.redis_stream import StreamReader, StreamSpec
-from pipelines.sources import RawRecord, decode_json, record_event_time
+from pipelines.sources import RawRecord, decode_json
 from transforms.dead_letters import Reason, Rejection
 
 STOP = threading.Event()
@@ -62,8 +63,15 @@ class WatermarkedEvents:
     read goes to the :class:`StopClock` and the stream ends.
     """
 
-    def __init__(self, batches: Iterator[list[RawRecord]], out_of_orderness_ms: int, stop_clock: StopClock) -> None:
+    def __init__(
+        self,
+        batches: Iterator[list[RawRecord]],
+        out_of_orderness_ms: int,
+        stop_clock: StopClock,
+        event_time: Callable[[RawRecord], int | None],
+    ) -> None:
         self.batches = batches
+        self.event_time = event_time  # None for a record cleaning rejects: it moves no watermark
         self.out_of_orderness_ms = out_of_orderness_ms
         self.stop_clock = stop_clock
         self.coder = PickleCoder()
@@ -78,7 +86,7 @@ class WatermarkedEvents:
             elements = []
             for record in batch:
                 METRICS.events_in.inc()
-                ts = record_event_time(record)
+                ts = self.event_time(record)
                 if ts is not None:
                     max_ts = ts if max_ts is None else max(max_ts, ts)
                 stamp = max(ts if ts is not None else watermark, watermark, 0)
@@ -100,7 +108,12 @@ def run_stream(spec: JobSpec, run_id: str) -> None:
     batches = stream_batches(StreamSpec.parse(spec.source), spec.config.cleaning.max_record_bytes)
     stop_clock = StopClock(spec.redis_url, f"{spec.redis_prefix}:run:{run_id}:stop_at")
     service = TestStreamServiceController(
-        WatermarkedEvents(batches, spec.config.stream.max_out_of_orderness_ms, stop_clock)
+        WatermarkedEvents(
+            batches,
+            spec.config.stream.max_out_of_orderness_ms,
+            stop_clock,
+            functools.partial(accepted_event_time, spec.cleaner(), now_ms=spec.now_ms),
+        )
     )
     service.start()
     try:

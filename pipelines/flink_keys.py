@@ -4,9 +4,9 @@ Flink assigns a key to a key group, ``murmurHash(key.hashCode()) % maxParallelis
 group to an operator instance, ``keyGroup * parallelism // maxParallelism``
 (``KeyGroupRangeAssignment``). PyFlink's ``key_by(..., Types.STRING())`` keys by a one-field
 ``Row`` holding the Java ``String``, whose ``hashCode`` is the string's plus 62 (checked against
-Flink's own assignment over random keys). The Flink job uses this to give each instance of its customer step a key of its own
-(:func:`home_keys`), under which the instance keeps its models in keyed state: PyFlink has no
-operator state.
+Flink's own assignment over random keys). The Flink job uses this to give each instance of its
+customer step a key of its own (:func:`home_keys`), under which the instance keeps its models in
+keyed state: PyFlink has no operator state.
 
 >>> java_string_hash("hello")
 99162322

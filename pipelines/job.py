@@ -44,3 +44,11 @@ def clean_record(cleaner: Cleaner, record: RawRecord, now_ms: int) -> Event | De
     if record.error is not None:
         return cleaner.dead_letter(record.payload, record.error, record.source, record.position)
     return cleaner.clean(record.payload, record.source, record.position, now_ms)
+
+
+def accepted_event_time(cleaner: Cleaner, record: RawRecord, now_ms: int) -> int | None:
+    """The event time of ``record`` once cleaned; None when cleaning rejects it. Only this may move
+    a watermark, as in the core loop: a rejected record's timestamp (one far in the future, say)
+    must not."""
+    result = clean_record(cleaner, record, now_ms)
+    return result.ts if isinstance(result, Event) else None

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from transforms.cleaning import KNOWN_FIELDS, MAX_NESTING, too_deep
 from transforms.dead_letters import Reason, Rejection
-from transforms.timestamps import parse_event_time
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".avro")
 MAX_AVRO_BLOCK_BYTES = 64 * 1024 * 1024  # an Avro block inflating past this is corrupt (a decompression bomb)
@@ -225,16 +224,6 @@ def _avro(handle: BinaryIO, source: str, tail: bytes) -> Iterator[RawRecord]:
         # A corrupt block: nothing after it can be decoded. It is reported, never silently dropped.
         why = f"corrupt Avro data, rest of file unreadable ({error or type(error).__name__})"
         yield RawRecord(source, f"after record {number}", "", Rejection(Reason.MALFORMED, None, why))
-
-
-def record_event_time(record: RawRecord) -> int | None:
-    """The event time of a decoded record, if it has a valid one (for watermarks before cleaning)."""
-    if record.error is None and isinstance(record.payload, dict):
-        try:
-            return parse_event_time(record.payload.get("ts"))
-        except Rejection:
-            return None
-    return None
 
 
 def read_records(path: Path, max_bytes: int, progress: bool = False) -> Iterator[RawRecord]:

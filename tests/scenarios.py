@@ -38,6 +38,21 @@ def disordered_lines(customers: int, seed: int, shuffle_within_ms: int, late: in
     return lines
 
 
+def with_rejected_timestamps(customers: int, seed: int) -> list[str]:
+    """A sample stream with records that cleaning rejects but whose ``ts`` lies weeks ahead of the
+    stream (an unknown event type, a timestamp too far in the future): no watermark may move to them."""
+    lines = list(sample_lines(customers, seed=seed))
+    records = [_record(line) or {} for line in lines]
+    ahead = max(r["ts"] for r in records if isinstance(r.get("ts"), int)) + 40 * DAY_MS
+    rejected = [
+        {"event_id": "bad-type", "type": "teleport", "ts": ahead, "user_id": "u-bad"},
+        {"event_id": "bad-future", "type": "page_view", "ts": 4_102_444_800_000, "user_id": "u-bad"},  # 2100
+    ]
+    for n, record in enumerate(rejected):
+        lines.insert(len(lines) * (n + 1) // 3, json.dumps(record))
+    return lines
+
+
 def with_consent(customers: int, seed: int) -> list[str]:
     """A sample stream in which some customers revoke consent.personalization mid-stream (one of them
     granting it again later) and one never grants it."""

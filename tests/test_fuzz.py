@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import schemas
-from pipelines.job import clean_record
-from pipelines.sources import MAX_AVRO_BLOCK_BYTES, RawRecord, decode_json, read_records, record_event_time
+from pipelines.job import accepted_event_time, clean_record
+from pipelines.sources import MAX_AVRO_BLOCK_BYTES, RawRecord, decode_json, read_records
 from schemas import load_schema
 from transforms.cleaning import DAY_MS, DEFAULT_PII_PROPERTIES, KNOWN_FIELDS, MAX_NESTING, Cleaner, CleaningConfig
 from transforms.dead_letters import DeadLetter, Reason
@@ -795,7 +795,7 @@ def test_regression_epoch_digits_beyond_the_int_conversion_limit() -> None:
     assert isinstance(letter, DeadLetter) and (letter.reason, letter.field) == (str(Reason.INVALID_TIMESTAMP), "ts")
     letter = check(clean({"ts": "9" * 5000}))  # dead_letter parses ts again for event_time
     assert isinstance(letter, DeadLetter) and (letter.reason, letter.event_time) == (str(Reason.MISSING_FIELD), None)
-    assert record_event_time(RawRecord(SOURCE, POSITION, {"ts": "1" * 5000})) is None
+    assert accepted_event_time(CLEANER, RawRecord(SOURCE, POSITION, {"ts": "1" * 5000}), NOW_MS) is None
 
 
 def test_regression_ints_too_long_for_str() -> None:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from pipelines.cli import main
 from tests.conftest import NOW_MS, read_jsonl, without_scores
-from tests.scenarios import disordered_lines, with_consent
+from tests.scenarios import disordered_lines, with_consent, with_rejected_timestamps
 from transforms.sample_stream import sample_lines
 
 ENGINES = ("core", "beam", "flink")
@@ -29,6 +29,7 @@ SCENARIOS = {
         ["--as-of", "2025-07-15T00:00:00Z"],
     ),
     "consent_revoked_and_granted": (lambda: with_consent(40, seed=14), []),
+    "rejected_records_weeks_ahead": (lambda: with_rejected_timestamps(60, seed=15), []),
 }
 
 
