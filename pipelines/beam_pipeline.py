@@ -31,7 +31,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from online_models import Models
 from pipelines.forget import Erased, SinkForgets
-from pipelines.job import JobSpec, clean_record
+from pipelines.job import Clock, JobSpec, clean_record
 from pipelines.metrics import METRICS
 from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
@@ -61,15 +61,15 @@ def beam_timestamp(ms: int) -> Timestamp:
 class CleanFn(beam.DoFn):
     """Raw records in; ``(customer key, event)`` stamped with event time out, or a dead letter."""
 
-    def __init__(self, config: CleaningConfig, now_ms: int) -> None:
+    def __init__(self, config: CleaningConfig, clock: Clock) -> None:
         self.config = config
-        self.now_ms = now_ms
+        self.clock = clock
 
     def setup(self) -> None:
         self.cleaner = Cleaner(self.config)
 
     def process(self, record: Any) -> Iterator[Any]:
-        result = clean_record(self.cleaner, record, self.now_ms)
+        result = clean_record(self.cleaner, record, self.clock())
         if isinstance(result, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD, result)
         else:
@@ -342,7 +342,7 @@ def build(
     :func:`finish_forgets`.
     """
     cleaned = records | "Clean" >> (
-        beam.ParDo(CleanFn(spec.config.cleaning, spec.now_ms))
+        beam.ParDo(CleanFn(spec.config.cleaning, spec.clock()))
         .with_output_types(beam.typehints.Tuple[str, Any])
         .with_outputs(DEAD, main="events")
     )

@@ -158,7 +158,7 @@ def tag_into_chunks(
     ``components`` joins every merge. Return the chunks and the largest event time."""
     config = spec.config
     reader = ReadStep(
-        spec.cleaner(), spec.source, spec.now_ms, config.cleaning.max_record_bytes,
+        spec.cleaner(), spec.source, spec.clock(), config.cleaning.max_record_bytes,
         config.stream.max_out_of_orderness_ms, stitcher,
     )  # fmt: skip
     state = ReadState()

@@ -14,7 +14,6 @@ runner a production connector (Pub/Sub, Kafka) takes this place.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,6 +102,11 @@ class WatermarkedEvents:
         self.stop_clock.mark(max_ts if max_ts is not None else 0)
 
 
+def _event_times(spec: JobSpec) -> Callable[[RawRecord], int | None]:
+    cleaner, clock = spec.cleaner(), spec.clock()
+    return lambda record: accepted_event_time(cleaner, record, clock())
+
+
 def run_stream(spec: JobSpec, run_id: str) -> None:
     """Consume ``spec.source`` (a redis-stream:// URL) until :data:`STOP` is set, then drain."""
     batches = stream_batches(StreamSpec.parse(spec.source), spec.config.cleaning.max_record_bytes)
@@ -112,7 +116,7 @@ def run_stream(spec: JobSpec, run_id: str) -> None:
             batches,
             spec.config.stream.max_out_of_orderness_ms,
             stop_clock,
-            functools.partial(accepted_event_time, spec.cleaner(), now_ms=spec.now_ms),
+            _event_times(spec),
         )
     )
     service.start()

@@ -121,9 +121,14 @@ def _run_live(spec: JobSpec, engine: str) -> None:
     run_stream(spec, uuid.uuid4().hex)
 
 
+def _is_live(source: str) -> bool:
+    """A source that does not end: a Redis stream, Kafka, a watched directory."""
+    return is_stream_source(source) or source.startswith("kafka://") or Path(source).is_dir()
+
+
 def check_stitching(source: str) -> None:
     """Identity stitching plans its components over the whole input first (:mod:`pipelines.stitched`)."""
-    if is_stream_source(source) or source.startswith("kafka://") or Path(source).is_dir():
+    if _is_live(source):
         raise UserError(f"{source}: identity.stitch needs a bounded input (a file replay), not a live source")
 
 
@@ -299,7 +304,11 @@ def main() -> None:
 @click.option(
     "--as-of", help="After the input ends, advance event time to this time (RFC 3339 or epoch ms), firing timers."
 )
-@click.option("--now", help="Processing clock for the 'too far in the future' check (default: wall clock).")
+@click.option(
+    "--now",
+    help="Processing clock for the 'too far in the future' check (default: the wall clock, at the start of a "
+    "replay and at each record of a live run).",
+)
 @click.option(
     "--resume",
     is_flag=True,
@@ -384,6 +393,7 @@ def run(
         metrics_address=metrics_address,
         chunk_events=chunk_events,
         engine_conf=engine_conf,
+        wall_clock=now is None and _is_live(source),
         state_file=state_dir / STATE_FILE if resume else None,
     )
     print_summary(execute(spec, engine))

@@ -135,7 +135,7 @@ class ReadFn(KeyedProcessFunction):
         self.step = ReadStep(
             self.spec.cleaner(),
             str(Path(self.spec.source)),
-            self.spec.now_ms,
+            self.spec.clock(),
             config.cleaning.max_record_bytes,
             config.stream.max_out_of_orderness_ms,
             self.stitcher,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,23 @@ from transforms.config import JobConfig
 from transforms.customer import CustomerLogic
 from transforms.dead_letters import DeadLetter
 from transforms.events import Event
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The processing clock of cleaning's 'too far in the future' check: fixed (replays, ``--now``)
+    or, with ``fixed_ms`` None, the wall clock at each record (a live run goes on for days).
+
+    >>> Clock(5)()
+    5
+    >>> Clock(None)() > 1_700_000_000_000
+    True
+    """
+
+    fixed_ms: int | None
+
+    def __call__(self) -> int:
+        return self.fixed_ms if self.fixed_ms is not None else int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,11 @@ class JobSpec:
     chunk_events: int = 250_000  # a Beam file replay runs one pipeline per this many records
     state_file: Path | None = None  # --resume: customers continue from (and are saved to) this store
     engine_conf: tuple[tuple[str, str], ...] = ()  # Flink configuration (KEY, VALUE) pairs: --flink-conf
+    wall_clock: bool = False  # live runs without --now: "the future" is the wall clock at each record
+
+    def clock(self) -> Clock:
+        """The processing clock cleaning checks event times against (see :class:`Clock`)."""
+        return Clock(None if self.wall_clock else self.now_ms)
 
     def cleaner(self) -> Cleaner:
         return Cleaner(self.config.cleaning)

@@ -21,7 +21,7 @@ Both hold their state as plain values the engine keeps in its keyed state (:clas
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +116,7 @@ class ReadStep:
         self,
         cleaner: Cleaner,
         source: str,
-        now_ms: int,
+        clock: Callable[[], int],
         max_bytes: int,
         out_of_order_ms: int,
         stitcher: Stitcher | None = None,
@@ -124,7 +124,7 @@ class ReadStep:
         self.cleaner = cleaner
         self.stitcher = stitcher  # identity stitching: resolves events, keys them by component
         self.source = source
-        self.now_ms = now_ms
+        self.clock = clock  # processing time, for cleaning's "too far in the future" check
         self.max_bytes = max_bytes
         self.out_of_order_ms = out_of_order_ms
 
@@ -144,7 +144,7 @@ class ReadStep:
         yield from self.clean(state, record)
 
     def clean(self, state: ReadState, record: RawRecord) -> Iterator[tuple[str, Any]]:
-        result = clean_record(self.cleaner, record, self.now_ms)
+        result = clean_record(self.cleaner, record, self.clock())
         if isinstance(result, DeadLetter):
             yield DEAD, result
             return

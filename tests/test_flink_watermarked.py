@@ -38,7 +38,7 @@ def simulate(spec: Any, lines: list[str], rng: random.Random, batch_size: int = 
     reader = ReadStep(
         spec.cleaner(),
         spec.source,
-        spec.now_ms,
+        spec.clock(),
         spec.config.cleaning.max_record_bytes,
         spec.config.stream.max_out_of_orderness_ms,
     )
@@ -148,3 +148,16 @@ def test_a_customer_is_woken_only_after_the_core_loop_moved_past_its_latest_reco
     assert CustomerDriver.trigger(keyed) == 100
     keyed.wake = None
     assert CustomerDriver.trigger(keyed) is None
+
+
+def test_a_live_run_checks_the_future_against_the_wall_clock(tmp_path: Path) -> None:
+    """A live run goes on for days: an event two days after the job started is not in the future then."""
+    started = 1_700_000_000_000  # long ago: the wall clock is years past it
+    event = json.dumps({"event_id": "e1", "type": "page_view", "ts": started + 2 * 86_400_000, "user_id": "u1"})
+    kinds = {}
+    for wall_clock in (False, True):
+        spec = make_spec(tmp_path / "in.jsonl", "", tmp_path, now_ms=started, wall_clock=wall_clock)
+        reader = ReadStep(spec.cleaner(), spec.source, spec.clock(), 10_000, 0)
+        (kind, value), *_ = reader.read(ReadState(), event)
+        kinds[wall_clock] = kind if kind != DEAD else value.reason
+    assert kinds == {False: "future_timestamp", True: "event"}
