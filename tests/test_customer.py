@@ -743,6 +743,7 @@ def test_run_counts_balanced_merge_and_summary() -> None:
         "engine": "core",
         "rules_version": "default-1",
         "models": None,
+        "model_updates": {},
     }
     assert list(summary["dead_letters"]) == ["late", "malformed"]
     assert RunCounts().summary(0.0, "core", "v")["events_per_second"] == 0.0
