@@ -102,8 +102,8 @@ def test_stitching_is_deterministic_across_replays_and_a_resume(engine: str, tmp
     halves[0].write_text("\n".join(lines[: len(lines) // 2]) + "\n", encoding="utf-8")
     halves[1].write_text("\n".join(lines[len(lines) // 2 :]) + "\n", encoding="utf-8")
     state = ["--resume", "--state-dir", str(tmp_path / "state"), "--redis-url", redis_url, "--engine", engine]
-    run_cli("--source", str(halves[0]), "--config", config, *state, *outputs(first))
-    run_cli("--source", str(halves[1]), "--config", config, *state, *outputs(second))
+    run_child("--source", str(halves[0]), "--config", config, *state, *outputs(first))
+    run_child("--source", str(halves[1]), "--config", config, *state, *outputs(second))
     ids = lambda path: sorted(p["customer_id"] for p in read_jsonl(path))  # noqa: E731
     assert ids(second / "profiles.jsonl") == ids(whole / "profiles.jsonl")  # the graph carried over
     all_changes = lambda *dirs: sorted(line for d in dirs for line in (d / "changes.jsonl").read_text().splitlines())  # noqa: E731
@@ -121,14 +121,19 @@ def test_stitching_on_a_live_source_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "identity.stitch needs a bounded input" in result.output, result.output
 
 
-def _flink(source: Path, config: str, out: Path, redis_url: str, *conf: str) -> None:
-    """``segstream run --engine flink`` in a child process (PyFlink's client breaks later Beam runs)."""
-    args = ["run", "--source", str(source), "--engine", "flink", "--config", config, "--redis-url", redis_url,
-            "--redis-prefix", out.name, "--no-progress", *outputs(out)]  # fmt: skip
-    for item in conf:
-        args += ["--flink-conf", item]
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=300)
+def run_child(*args: str) -> None:
+    """``segstream run`` in a child process: a Flink run earlier in this process (another test file's)
+    registers PyFlink's Beam operations, which break Beam pipelines after it."""
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--no-progress", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _flink(source: Path, config: str, out: Path, redis_url: str, *conf: str) -> None:
+    """``segstream run --engine flink`` (in a child process: PyFlink's client breaks later Beam runs)."""
+    settings = [arg for item in conf for arg in ("--flink-conf", item)]
+    run_child("--source", str(source), "--engine", "flink", "--config", config, "--redis-url", redis_url,
+              "--redis-prefix", out.name, *outputs(out), *settings)  # fmt: skip
 
 
 def _by_customer(path: Path) -> dict[str, list[dict]]:
@@ -152,7 +157,7 @@ def test_beam_and_flink_stitch_as_the_core_loop_does(
     expected = _by_customer(core / "changes.jsonl")
     assert sum(1 for lines in expected.values() for line in lines if line.get("kind") == "identity_merge") > 20
     beam = tmp_path / "beam"
-    run_cli("--source", str(source), "--engine", "beam", "--config", config, "--redis-url", redis_url,
+    run_child("--source", str(source), "--engine", "beam", "--config", config, "--redis-url", redis_url,
             "--redis-prefix", "beam", "--chunk-events", "300", *outputs(beam))  # fmt: skip
     assert _by_customer(beam / "changes.jsonl") == expected
     assert sorted(map(json.dumps, without_scores(read_jsonl(beam / "profiles.jsonl")))) == sorted(
