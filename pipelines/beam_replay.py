@@ -221,17 +221,15 @@ class ReadChunkFn(beam.DoFn):
             yield record
 
 
-class ReplayCustomerFn(CustomerStepFn):
-    """The customer step of one replay chunk: buffer the customer's events, then, once the chunk is
-    read, take its snapshot from the store, fire its timers up to ``end`` and put it back.
+class ChunkStepFn(CustomerStepFn):
+    """What the customer steps of a replay chunk share: a key's elements gathered until the chunk is
+    read (a subclass's ``on_end`` then runs once per key), and the snapshot store in which the
+    customers, the RFM population and the models carry over from chunk to chunk.
 
-    Elements are ``(key, Event)`` or ``(key, None)`` (a customer whose timer falls due in this
-    chunk). In the last chunk every customer goes straight to ``end`` (the input's end or
-    ``--as-of``) and its final profile is written.
+    Elements are ``(key, item)`` or ``(key, None)`` (a key whose timer falls due in this chunk).
+    In the last chunk every customer goes straight to ``end`` (the input's end or ``--as-of``).
+    Each subclass declares its own state and timer specs (Beam binds a timer spec to one callback).
     """
-
-    PENDING = BagStateSpec("pending", PickleCoder())
-    END = TimerSpec("end", TimeDomain.WATERMARK)
 
     def __init__(self, config: JobConfig, end: int | None, last: bool, store: str) -> None:
         super().__init__(config)
@@ -244,16 +242,33 @@ class ReplayCustomerFn(CustomerStepFn):
         self.store = SnapshotStore(Path(self.store_path))
         restore_shared(self.store, self.logic)  # the RFM population and models carry over from the previous chunk
 
-    def process(
-        self,
-        element: tuple[str, Any],
-        pending=beam.DoFn.StateParam(PENDING),
-        end=beam.DoFn.TimerParam(END),
-    ) -> Iterator[Any]:
-        _, event = element
-        if event is not None:
-            pending.add(event)
+    @staticmethod
+    def gather(element: tuple[str, Any], pending: Any, end: Any) -> None:
+        """The subclass's ``process``: keep the item, run ``on_end`` once the chunk is read."""
+        if element[1] is not None:
+            pending.add(element[1])
         end.set(GlobalWindow().max_timestamp())
+
+    def finish_bundle(self) -> None:
+        save_worker_state(self.store, self.logic)
+        self.store.commit()
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+class ReplayCustomerFn(ChunkStepFn):
+    """The customer step of one replay chunk: once the chunk is read, take the customer's snapshot
+    from the store, apply its events and fire its timers up to ``end``, and put it back; items are
+    events. In the last chunk its final profile is written."""
+
+    PENDING = BagStateSpec("pending", PickleCoder())
+    END = TimerSpec("end", TimeDomain.WATERMARK)
+
+    def process(
+        self, element: tuple[str, Any], pending=beam.DoFn.StateParam(PENDING), end=beam.DoFn.TimerParam(END)
+    ) -> Iterator[Any]:
+        self.gather(element, pending, end)
         yield from ()
 
     @on_timer(END)
@@ -281,47 +296,29 @@ class ReplayCustomerFn(CustomerStepFn):
             key, Snapshot(customer, step.remaining), self.logic.next_wake(customer) if self.last else step.wake
         )
 
-    def finish_bundle(self) -> None:
-        save_worker_state(self.store, self.logic)
-        self.store.commit()
 
-    def teardown(self) -> None:
-        self.store.close()
-
-
-class ReplayComponentFn(CustomerStepFn):
+class ReplayComponentFn(ChunkStepFn):
     """The customer step of one stitched replay chunk, keyed by component (:mod:`pipelines.stitched`):
     once the chunk is read, the component's customers come from the store, take the chunk's records
     in input order (merges included) and fire their timers up to the chunk's watermark, as the
-    Flink job does; the last chunk ends with the end marker. Elements: ``(key, (number, Tagged))``
-    or ``(key, None)`` (a customer whose timer falls due in this chunk)."""
-
-    PENDING = BagStateSpec("pending", PickleCoder())
-    END = TimerSpec("end", TimeDomain.WATERMARK)
+    Flink job does; the last chunk ends with the end marker. Items are ``(number, Tagged)``."""
 
     def __init__(self, config: JobConfig, chunk: Chunk, end: int | None, last: bool, store: str, members: Members):
-        super().__init__(config)
+        super().__init__(config, end, last, store)
         self.watermark = chunk.watermark if chunk.watermark is not None else -(2**62)
-        self.end = end
-        self.last = last
-        self.store_path = store
         self.members = members
 
     def setup(self) -> None:
         super().setup()
         self.driver = ComponentDriver(self.logic)
-        self.store = SnapshotStore(Path(self.store_path))
-        restore_shared(self.store, self.logic)
+
+    PENDING = BagStateSpec("pending", PickleCoder())
+    END = TimerSpec("end", TimeDomain.WATERMARK)
 
     def process(
-        self,
-        element: tuple[str, Any],
-        pending=beam.DoFn.StateParam(PENDING),
-        end=beam.DoFn.TimerParam(END),
+        self, element: tuple[str, Any], pending=beam.DoFn.StateParam(PENDING), end=beam.DoFn.TimerParam(END)
     ) -> Iterator[Any]:
-        if element[1] is not None:
-            pending.add(element[1])
-        end.set(GlobalWindow().max_timestamp())
+        self.gather(element, pending, end)
         yield from ()
 
     @on_timer(END)
@@ -361,13 +358,6 @@ class ReplayComponentFn(CustomerStepFn):
         if wake is not None:
             wakes.append(wake)
         return Keyed(snapshot.state, snapshot.pending, min(wakes, default=None))
-
-    def finish_bundle(self) -> None:
-        save_worker_state(self.store, self.logic)
-        self.store.commit()
-
-    def teardown(self) -> None:
-        self.store.close()
 
 
 def _run_chunk(spec: JobSpec, chunk: Chunk, end: int | None, last: bool, store: SnapshotStore, run_key: str) -> None:

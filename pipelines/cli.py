@@ -27,7 +27,7 @@ from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
 from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded, stop_embedded
-from pipelines.redis_stream import StreamReader, StreamSpec, is_stream_source
+from pipelines.redis_stream import StreamReader, StreamSpec, is_live_source, is_stream_source
 from pipelines.sources import SourceError, check_source
 from pipelines.watermarked import Counts
 from pipelines.webhook_receiver import MAX_TOLERANCE_S, WebhookReceiver
@@ -121,14 +121,9 @@ def _run_live(spec: JobSpec, engine: str) -> None:
     run_stream(spec, uuid.uuid4().hex)
 
 
-def _is_live(source: str) -> bool:
-    """A source that does not end: a Redis stream, Kafka, a watched directory."""
-    return is_stream_source(source) or source.startswith("kafka://") or Path(source).is_dir()
-
-
 def check_stitching(source: str) -> None:
     """Identity stitching plans its components over the whole input first (:mod:`pipelines.stitched`)."""
-    if _is_live(source):
+    if is_live_source(source):
         raise UserError(f"{source}: identity.stitch needs a bounded input (a file replay), not a live source")
 
 
@@ -393,7 +388,7 @@ def run(
         metrics_address=metrics_address,
         chunk_events=chunk_events,
         engine_conf=engine_conf,
-        wall_clock=now is None and _is_live(source),
+        wall_clock=now is None and is_live_source(source),
         state_file=state_dir / STATE_FILE if resume else None,
     )
     print_summary(execute(spec, engine))

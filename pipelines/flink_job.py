@@ -57,6 +57,7 @@ from pipelines.job import JobSpec
 from pipelines.model_publisher import ModelPublisher
 from pipelines.outputs import JsonLinesWriter
 from pipelines.redis_store import RedisSink, shared_client
+from pipelines.redis_stream import is_live_source
 from pipelines.sources import FILE_SUFFIXES, SourceError
 from pipelines.stitched import MERGE, ComponentDriver, Stitcher, plan_file
 from pipelines.watermarked import (
@@ -100,11 +101,6 @@ def check_source(source: str) -> None:
         raise SourceError(f"{path}: the Flink job reads JSON Lines ({', '.join(JSON_SUFFIXES)}) or a directory of them")
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
-
-
-def is_live(source: str) -> bool:
-    """Whether ``source`` is unbounded: a directory watched for new files, or Kafka."""
-    return source.startswith("kafka://") or Path(source).is_dir()
 
 
 def counts_key(prefix: str, run_id: str) -> str:
@@ -255,8 +251,8 @@ class CustomerFn(KeyedProcessFunction):
         self.driver: CustomerDriver | ComponentDriver = (
             CustomerDriver(logic) if self.spec.config.identity is None else ComponentDriver(logic)
         )
-        # The models of this subtask: not Flink state; on a live source a restart continues from
-        # their latest Redis snapshot.
+        # The models of this subtask: checkpointed under its own key (_checkpoint_models); a live
+        # job started without a checkpoint continues from their latest Redis snapshot.
         self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.driver.logic.models)
         if self.live:
             self.publisher.restore()
@@ -544,7 +540,7 @@ def build(env: StreamExecutionEnvironment, spec: JobSpec, run_id: str) -> None:
     timestamps, watermarks and customer timers, and with them a Python operator per event. A live
     source (a directory, Kafka) gets watermarks and timers, so idle customers' rules fire on time.
     """
-    live = is_live(spec.source)
+    live = is_live_source(spec.source)  # a Redis stream runs on Beam (cli.execute)
     batch_size = 1 if live else int(dict(spec.engine_conf).get(BATCH_SIZE_KEY, BATCH_SIZE))
     identity = spec.config.identity
     stitcher = None if identity is None else Stitcher(identity, plan_file(spec))

@@ -9,6 +9,7 @@ first re-reads its own unacknowledged entries, so nothing is lost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -54,6 +55,11 @@ class StreamSpec:
 
 def is_stream_source(source: str) -> bool:
     return source.split("://", 1)[0] in SCHEMES
+
+
+def is_live_source(source: str) -> bool:
+    """A source that does not end: a Redis stream, a Kafka topic, a directory watched for new files."""
+    return is_stream_source(source) or source.startswith("kafka://") or Path(source).is_dir()
 
 
 def ack_target(source: str, position: str) -> tuple[str, str, str] | None:
