@@ -56,7 +56,7 @@ class ModelSettings:
     propensity_days: float = 14
     snapshot_every_ms: int = DAY_MS  # propensity: at most one snapshot per customer and day
     churn_snapshot_every_ms: int = 7 * DAY_MS  # churn: one a week bounds 90 days of pendings to 13
-    refresh_ms: int = 0  # extra score refreshes this often (0: only at label timers, every propensity_days)
+    refresh_ms: int = 0  # extra revisits this often while silent for less than churn_days (0: none)
     max_pending: int | None = None
     validation_window: int = 10_000
     calibration_bins: int = 10
@@ -92,11 +92,6 @@ class Models:
         self.validation: dict[str, ProgressiveValidation] = {
             task: ProgressiveValidation(s.validation_window, s.calibration_bins) for task in TASKS
         }
-
-    @property
-    def leading(self) -> str:
-        """The task with the shorter horizon: its snapshots set the customers' timers."""
-        return min(TASKS, key=self.settings.days)
 
     def new_pending(self) -> dict[str, PendingLabels]:
         """A new customer's empty pending labels, one per task."""
@@ -149,19 +144,57 @@ class Models:
         times = [t for t in (pending[task].next_due() for task in TASKS) if t is not None]
         return min(times) if times else None
 
-    def revisits(self, pending: dict[str, PendingLabels], now: int) -> bool:
-        """Whether the customer's timer at ``now`` (before :meth:`expire`) is a revisit, which
-        snapshots a silent customer and recomputes the scores: a snapshot of the task with the shorter
-        horizon falls due, or ``refresh_ms`` is set. Otherwise the timer only learns the other
-        task's labels."""
-        due = pending[self.leading].next_due()
-        return bool(self.settings.refresh_ms) or (due is not None and due <= now)
+    @property
+    def silence_step(self) -> int:
+        """The silence between two snapshots of a silent customer: the propensity horizon + 1 ms (a
+        snapshot falls due exactly when the next one is taken)."""
+        return round(self.settings.propensity_days * DAY_MS) + 1
 
-    def wants_refresh(self, pending: dict[str, PendingLabels]) -> bool:
-        """Whether a revisit (after :meth:`expire`) snapshots the silent customer: when no snapshot of
-        the task with the shorter horizon waits any more (so a silent customer is revisited once per
-        that horizon, not once per snapshot), and at every boundary of ``refresh_ms``."""
-        return bool(self.settings.refresh_ms) or not pending[self.leading]
+    def silent_points(self, pending: dict[str, PendingLabels], last_seen: int, until: int) -> range:
+        """Where a customer silent since ``last_seen`` is snapshotted, up to ``until``: every
+        :attr:`silence_step` of silence, from the first point in a later snapshot bucket than the
+        last propensity snapshot (the points already taken are skipped).
+
+        >>> DAY = 86_400_000
+        >>> models = Models(ModelSettings(propensity_days=14))
+        >>> pending = models.new_pending()
+        >>> [(t - 1) // DAY for t in models.silent_points(pending, 0, 45 * DAY)]
+        [14, 28, 42]
+        >>> _ = models.observe(pending, {"x": 1.0}, "refresh", 28 * DAY + 2)
+        >>> [(t - 1) // DAY for t in models.silent_points(pending, 0, 45 * DAY)]
+        [42]
+        """
+        step = self.silence_step
+        first = last_seen + step
+        if first > until:  # the common case: not silent for a step
+            return range(0)
+        taken = pending["propensity"]
+        if taken.last_bucket is not None:
+            later = (taken.last_bucket + 1) * taken.snapshot_every_ms  # the first time in a later bucket
+            if later > first:
+                first = last_seen + -(-(later - last_seen) // step) * step
+        return range(first, until + 1, step)
+
+    def next_revisit(self, last_seen: int, now: int) -> int:
+        """When a customer silent since ``last_seen`` is next revisited after ``now`` (its silent
+        snapshots taken, its scores recomputed): after 1, 2, 4, 8, ... :attr:`silence_step` of
+        silence; also at every ``refresh_ms`` boundary while the silence is shorter than
+        ``churn_days``.
+
+        >>> DAY = 86_400_000
+        >>> models = Models(ModelSettings(propensity_days=14))
+        >>> [(models.next_revisit(0, now) - 1) // DAY for now in (0, 14 * DAY + 1, 20 * DAY, 40 * DAY)]
+        [14, 28, 28, 56]
+        """
+        s = self.settings
+        step = self.silence_step
+        revisit = last_seen + step
+        while revisit <= now:
+            step *= 2
+            revisit = last_seen + step
+        if s.refresh_ms and now < last_seen + s.churn_horizon_ms:
+            revisit = min(revisit, (now // s.refresh_ms + 1) * s.refresh_ms)
+        return revisit
 
     def merge(self, pending: dict[str, PendingLabels], absorbed: dict[str, PendingLabels]) -> list[Example]:
         """Identity merge: move ``absorbed``'s pendings into ``pending``; returns the labels it decides."""

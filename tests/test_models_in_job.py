@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -85,30 +85,72 @@ def test_profiles_carry_scores_that_rise_in_silence() -> None:
     assert 0.0 <= logic.profile(state)["propensity_score"] <= 1.0
 
 
-def test_a_silent_customer_is_revisited_once_per_propensity_horizon() -> None:
-    """A revisit snapshots the silent customer once no propensity snapshot waits: one chain of
-    revisits however many snapshots the active days left; a churn label that falls due between two
-    revisits is learnt at its time, without new scores."""
-    logic = logic_for()
+def spy_on_learning(logic: CustomerLogic) -> list[Example]:
+    """The examples the models learn from now on, in order."""
     models = logic.models
     assert models is not None
+    learnt: list[Example] = []
+    learn = models.learn
+
+    def recording(examples: Iterable[Example]) -> int:
+        examples = list(examples)
+        learnt.extend(examples)
+        return learn(examples)
+
+    models.learn = recording  # type: ignore[method-assign]
+    return learnt
+
+
+def test_a_silent_customer_is_snapshotted_every_horizon_and_revisited_as_the_silence_doubles() -> None:
+    """Silent, a customer is snapshotted at every propensity horizon (+1 ms) of silence, with its
+    features as of then; but its timer fires only at revisits, after 1, 2, 4, 8, ... such steps
+    (which take the snapshots since the last one and recompute the scores), and when a label falls
+    due."""
+    logic = logic_for()
+    learnt = spy_on_learning(logic)
     state = logic.new_state("user:u1")
     for day in range(5):  # five active days, no purchase: five propensity snapshots
         logic.advance(state, [view(day, T0 + day * DAY + 5)], T0 + day * DAY + 5)
-    revisits, churn_only = [], 0
-    while state.model_wake is not None and state.model_wake < T0 + 300 * DAY:
-        at, learnt = state.model_wake, models.models["churn"].n_updates
-        assert state.labels is not None
-        revisit = state.labels["propensity"].next_due() == at
-        step = logic.advance(state, [], at)
-        if revisit:
-            revisits.append(at)
-        else:
-            churn_only += 1
-            assert models.models["churn"].n_updates > learnt and not step.touched
-    assert revisits[:5] == [T0 + day * DAY + 5 + 14 * DAY + 1 for day in range(5)]
-    assert {b - a for a, b in itertools.pairwise(revisits[4:])} == {14 * DAY + 1}  # one chain
-    assert churn_only > 0 and len(revisits) == 5 + (T0 + 300 * DAY - revisits[4]) // (14 * DAY + 1)
+    last, silence, end = T0 + 4 * DAY + 5, 14 * DAY + 1, T0 + 300 * DAY
+    timers = []
+    while state.model_wake is not None and state.model_wake <= end:
+        timers.append(state.model_wake)
+        logic.advance(state, [], state.model_wake)
+    revisits = [last + silence * 2**k for k in range(5)]  # up to 16 steps of silence (224 days)
+    assert revisits[-1] <= end < last + silence * 32 and set(revisits) <= set(timers)
+    # a revisit's snapshot falls due a step later (3, 5, 9, 17 steps): the other silent points get no timer
+    assert not set(timers) & {last + silence * j for j in (6, 7, *range(10, 16))}
+    propensity = [e for e in learnt if e.task == "propensity"]
+    assert all(e.label is False for e in learnt if e.task == "propensity")
+    silent = [last + silence * j for j in range(1, 17)]  # up to the last revisit; the last falls due at 17
+    assert sorted(e.snapshot_ts for e in propensity) == [T0 + day * DAY + 5 for day in range(5)] + silent
+    for example in propensity[5:]:  # each as of its own time, not the revisit's
+        assert example.features["days_since_seen"] == pytest.approx((example.snapshot_ts - last) / DAY)
+    churn = [e for e in learnt if e.task == "churn"]
+    assert churn and all(e.label is True and e.label_ts == e.snapshot_ts + 90 * DAY for e in churn)
+    # The timers: the revisits and the times labels fall due (of the active days' snapshots, of the
+    # revisits' and of the churn snapshots), nothing else. A snapshot taken at a revisit after its
+    # churn horizon had passed is labelled there.
+    dues = {T0 + day * DAY + 5 + silence for day in range(4)} | {p + silence for p in revisits[1:]}
+    assert set(revisits) | dues <= set(timers) <= set(revisits) | dues | {e.label_ts + 1 for e in churn}
+
+
+def test_an_event_after_silence_first_takes_the_silent_snapshots_before_it() -> None:
+    """A purchase three and a half propensity horizons into a silence labels the snapshot of the third
+    (no revisit came since the second) positive: it is taken, as of its time, before the purchase."""
+    logic = logic_for()
+    learnt = spy_on_learning(logic)
+    state = logic.new_state("user:u1")
+    logic.advance(state, [view(1, T0)], T0)
+    silence = 14 * DAY + 1
+    back = T0 + 3 * silence + 7 * DAY
+    logic.advance(state, [purchase(1, back)], back)
+    positive = [e for e in learnt if e.task == "propensity" and e.label]
+    assert [(e.snapshot_ts, e.label_ts) for e in positive] == [(T0 + 3 * silence, back)]
+    assert positive[0].features["days_since_seen"] == pytest.approx(3 * silence / DAY)
+    churn = [e for e in learnt if e.task == "churn"]  # came back: every churn snapshot negative
+    assert {e.snapshot_ts for e in churn} == {T0, *(T0 + j * silence for j in (1, 2, 3))}
+    assert not any(e.label for e in churn)
 
 
 @pytest.mark.parametrize("refresh", [None, "1d"])

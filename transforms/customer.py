@@ -66,6 +66,7 @@ class CustomerState:
     labels: dict[str, PendingLabels] | None = None  # the models' pending snapshots (models on)
     model_wake: int | None = None  # when a pending label falls due or the scores are refreshed
     scores: dict[str, float | None] | None = None  # the model scores of the last profile rendered
+    revisit_scores: tuple[int, dict[str, float | None]] | None = None  # (time, scores) of a revisit, to write
     consent: bool = True  # consent.personalization: granted until an event revokes it (transforms.privacy)
     forgotten_until: int | None = None  # a forget's event time: its customer's events up to it are dropped
 
@@ -238,6 +239,7 @@ class CustomerLogic(PrivacyLogic):
         ``merge``. The engine moves ``other``'s pending events to ``into`` and drops ``other``.
         """
         step = Step(touched=True)
+        into.revisit_scores = None  # its features change
         now = max((c for c in (into.clock, other.clock) if c is not None), default=None)
         if now is not None:
             self._evaluate(other, now, from_timer=False, step=step, reason="merge", leave=True)
@@ -296,6 +298,7 @@ class CustomerLogic(PrivacyLogic):
 
     def _apply(self, state: CustomerState, event: Event, now: int, step: Step) -> bool:
         """Apply ``event`` unless it is a duplicate; True when applied."""
+        state.revisit_scores = None  # an event (even one dropped below) comes after the revisit
         # The horizon is checked here, not only by _expire at the end of advance, so the
         # outcome does not depend on how event time was split into advance calls.
         seen = state.recent_event_ids.get(event.event_id)
@@ -312,6 +315,8 @@ class CustomerLogic(PrivacyLogic):
             return False
         state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
+        if self.models is not None and self._snapshot_silence(state, now - 1) is not None:
+            state.model_wake = None  # the silent snapshots may fall due first: _observe sets it again
         self.model.add(state.profile, event)
         if self.models is not None:
             self._observe(state, event, now)
@@ -342,34 +347,46 @@ class CustomerLogic(PrivacyLogic):
         if examples:
             self.models.learn(examples)
         wake = state.model_wake
-        # A wake still ahead stays right (the next refresh boundary, or the first snapshot's due time,
-        # which only a purchase's examples move) unless the refreshes had stopped.
-        refresh = self.models.settings.refresh_ms
-        if examples or wake is None or wake <= now or (refresh and wake - now > refresh):
+        # A wake ahead stays right unless the event's examples moved the first due time, or the
+        # next revisit, now a silence step after the last event, comes first.
+        if examples or wake is None or wake <= now or wake > state.features.last_seen + self.models.silence_step:
             state.model_wake = self._next_model_wake(state, now)
 
+    def _snapshot_silence(self, state: CustomerState, until: int) -> int | None:
+        """Snapshot a silent customer at the points of its silence up to ``until`` not taken yet
+        (:meth:`Models.silent_points`; its features at a past time are known, nothing happened
+        since); the last point, or None when there was none."""
+        last = state.features.last_seen
+        if self.models is None or state.labels is None or last is None:
+            return None
+        at = None
+        for at in self.models.silent_points(state.labels, last, until):
+            self.models.observe(state.labels, model_features(self.model, state.profile, at), "silence", at)
+        return at
+
     def _model_timer(self, state: CustomerState, now: int, step: Step) -> None:
-        """Label the snapshots whose horizon passed (the models learn them). At a revisit
-        (:meth:`Models.revisits`: a propensity snapshot fell due) also snapshot the features of a
-        silent customer once no propensity snapshot waits (so the models see recency grow) and
-        recompute the scores: the profile is written again if one moved, and the segments that read
-        them are evaluated."""
+        """Label the snapshots whose horizon passed (the models learn them). At a revisit of the
+        silent customer (:meth:`Models.next_revisit`: after 1, 2, 4, ... propensity horizons of
+        silence, and at each ``refresh`` boundary) first take its silent snapshots since the last
+        one and a snapshot now (so the models see recency grow), and recompute the scores: the
+        profile is written again if one moved, and the segments that read them are evaluated."""
         assert self.models is not None and state.labels is not None
-        revisit = self.models.revisits(state.labels, now)
-        self.models.learn(self.models.expire(state.labels, now))
-        if not revisit:
-            state.model_wake = self._next_model_wake(state, now)
-            return
         profile = state.profile
-        features = model_features(self.model, profile, now)  # once, for the snapshot and the scores
-        if self.models.wants_refresh(state.labels):
+        features = None
+        if self.model.next_score_refresh(profile, now - 1) == now:  # a revisit
+            self._snapshot_silence(state, now - 1)
+            features = model_features(self.model, profile, now)  # once, for the snapshot and the scores
             self.models.observe(state.labels, features, "refresh", now)
+        self.models.learn(self.models.expire(state.labels, now))
         state.model_wake = self._next_model_wake(state, now)
+        if features is None:
+            return
+        scores = self.model.scores(profile, now, features)
         if state.scores is None or any(
-            abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= SCORE_WRITE_DELTA
-            for name, value in self.model.scores(profile, now, features).items()
+            abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= SCORE_WRITE_DELTA for name, value in scores.items()
         ):
-            step.touched = True  # the profile is written again with the scores as of now
+            step.touched = True  # the profile is written again with these scores (unless an event comes first)
+            state.revisit_scores = (now, scores)
             if self.scored:
                 self._evaluate(state, now, from_timer=True, step=step, kinds=(), also=self.scored)
 
@@ -489,6 +506,12 @@ class CustomerLogic(PrivacyLogic):
         keep = max(self.config.dedup_horizon_ms, self.model.windows.longest)
         return max(last + keep + self.config.allowed_lateness_ms + 1, (state.clock or last) + 1)
 
+    @staticmethod
+    def _revisit_scores(state: CustomerState) -> dict[str, float | None] | None:
+        """The scores a revisit computed, if the profile is rendered as of that revisit (taken once)."""
+        revisit, state.revisit_scores = state.revisit_scores, None
+        return revisit[1] if revisit is not None and revisit[0] == state.clock else None
+
     def profile(self, state: CustomerState) -> dict[str, Any]:
         """The customer's profile as readers see it (Redis and ``--profiles-out``); remembers the
         scores it shows (a score refresh writes the profile again only when they moved)."""
@@ -498,7 +521,7 @@ class CustomerLogic(PrivacyLogic):
             "segments": sorted(state.segments),
             "seq": state.seq,
             "consent": "granted" if state.consent else "revoked",
-            **self.model.render(state.profile, state.clock),
+            **self.model.render(state.profile, state.clock, self._revisit_scores(state)),
             "as_of": state.clock,
             "rules_version": self.rules.version,
         }

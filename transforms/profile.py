@@ -158,15 +158,12 @@ class ProfileModel:
         return into
 
     def next_score_refresh(self, state: ProfileState, now: int) -> int | None:
-        """The next `refresh` boundary (None: the models or `refresh` are off, or the
-        customer has been silent for the churn horizon and their refreshes stopped)."""
-        if self.models is None:
-            return None
-        settings = self.models.settings
+        """When the scores are next recomputed with no new event: the customer's next revisit
+        (:meth:`online_models.Models.next_revisit`; None with the models off or no event yet)."""
         last = state.features.last_seen
-        if not settings.refresh_ms or last is None or now >= last + settings.churn_horizon_ms:
+        if self.models is None or last is None:
             return None
-        return (now // settings.refresh_ms + 1) * settings.refresh_ms
+        return self.models.next_revisit(last, now)
 
     def view(self, state: ProfileState, now: int) -> FeatureView:
         return FeatureView(self, state, now)
@@ -184,15 +181,18 @@ class ProfileModel:
         scores = self.models.score_clean(model_features(self, state, now) if features is None else features)
         return {name: round(value, 6) for name, value in scores.items()}
 
-    def render(self, state: ProfileState, now: int | None) -> dict[str, Any]:
-        """The readable part of a profile (Redis and ``--profiles-out``)."""
+    def render(
+        self, state: ProfileState, now: int | None, scores: dict[str, float | None] | None = None
+    ) -> dict[str, Any]:
+        """The readable part of a profile (Redis and ``--profiles-out``); ``scores``: :meth:`scores`
+        as of ``now``, if known."""
         at = now if now is not None else 0
         return {
             "features": state.features.to_dict(),
             "windows": {name: self.windows.result(state.activity, name, at) for name in self.windows.specs},
             "engagement_score": round(self.engagement.score(state.points, at), 2),
             "rfm": self.population.scores(state.rfm),
-            **self.scores(state, at),
+            **(self.scores(state, at) if scores is None else scores),
         }
 
 
