@@ -61,6 +61,7 @@ class ModelSettings:
     validation_window: int = 10_000
     calibration_bins: int = 10
     publish_every: int = 10_000  # a versioned snapshot goes to Redis after this many updates
+    score_write_delta: float = 0.05  # a revisit writes the profile again when a score moved this much
     per_task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def days(self, task: str) -> float:
@@ -74,6 +75,8 @@ class ModelSettings:
         return self.churn_snapshot_every_ms if task == "churn" else self.snapshot_every_ms
 
     def __post_init__(self) -> None:
+        if not 0 <= self.score_write_delta <= 1:
+            raise ValueError("models.score_write_delta must be between 0 and 1")
         for task in TASKS:
             if self.days(task) * DAY_MS < self.snapshot_every(task):
                 key = "churn_snapshot_every" if task == "churn" else "snapshot_every"

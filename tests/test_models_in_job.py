@@ -183,7 +183,23 @@ def test_scores_in_rules_need_the_models() -> None:
         parse_config({"segments": BUYER, "models": {"params": {"nope": 1}}}, env={})
     with pytest.raises(ConfigError, match="churn_days must be at least"):
         parse_config({"segments": BUYER, "models": {"churn_days": 2}}, env={})
+    for bad in (-0.1, 2, "0.1", True):
+        with pytest.raises(ConfigError, match=r"models\.score_write_delta must be a number from 0 to 1"):
+            parse_config({"segments": BUYER, "models": {"score_write_delta": bad}}, env={})
     assert parse_config({"segments": BUYER, "models": {"enabled": False}}, env={}).logic().models is None
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0])
+def test_a_revisit_writes_the_profile_again_when_a_score_moved_by_the_delta(delta: float) -> None:
+    logic = logic_for({"models": {"score_write_delta": delta}})
+    state = logic.new_state("user:u1")
+    logic.advance(state, [view(1, T0)], T0)
+    logic.profile(state)  # written once: its scores are the ones readers have
+    revisit = T0 + 14 * DAY + 1
+    step = logic.advance(state, [], revisit)
+    assert step.touched is (delta == 0.0)  # any move, or none can be large enough
+    expected = logic.model.scores(state.profile, revisit)
+    assert {name: logic.profile(state)[name] for name in expected} == expected
 
 
 def test_an_identity_merge_merges_pending_labels() -> None:

@@ -149,7 +149,8 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
 
 
 def _models(document: Mapping[str, object]) -> ModelSettings | None:
-    allowed = {"enabled", "name", "params", "churn_days", "propensity_days", *_MODEL_DURATIONS, *_MODEL_COUNTS}
+    allowed = {"enabled", "name", "params", "churn_days", "propensity_days", "score_write_delta"}
+    allowed |= {*_MODEL_DURATIONS, *_MODEL_COUNTS}
     section = _section(document, "models", allowed)
     enabled = section.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -171,6 +172,10 @@ def _models(document: Mapping[str, object]) -> ModelSettings | None:
         if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
             raise ConfigError(f"config: models.{key} must be a positive number of days")
         settings[key] = days
+    delta = section.get("score_write_delta", defaults.score_write_delta)
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta <= 1:
+        raise ConfigError("config: models.score_write_delta must be a number from 0 to 1")
+    settings["score_write_delta"] = float(delta)
     for key, field_name in _MODEL_DURATIONS.items():
         settings[field_name] = _duration(section, key, "models", getattr(defaults, field_name))
         if settings[field_name] <= 0 and key != "refresh":

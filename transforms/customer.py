@@ -37,7 +37,6 @@ from transforms.rfm import Population
 from transforms.rules import RuleSet
 
 MAX_IDENTIFIERS_PER_KIND = 20
-SCORE_WRITE_DELTA = 0.01  # a refresh writes the profile again when a score moved at least this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +382,8 @@ class CustomerLogic(PrivacyLogic):
             return
         scores = self.model.scores(profile, now, features)
         if state.scores is None or any(
-            abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= SCORE_WRITE_DELTA for name, value in scores.items()
+            abs((state.scores.get(name) or 0.0) - (value or 0.0)) >= self.models.settings.score_write_delta
+            for name, value in scores.items()
         ):
             step.touched = True  # the profile is written again with these scores (unless an event comes first)
             state.revisit_scores = (now, scores)
