@@ -189,6 +189,22 @@ def test_scores_in_rules_need_the_models() -> None:
     assert parse_config({"segments": BUYER, "models": {"enabled": False}}, env={}).logic().models is None
 
 
+def test_a_silent_snapshot_taken_late_sees_the_windows_of_its_own_time() -> None:
+    """With a 90-day window, the snapshot at six steps of silence (84 days, taken at the revisit at
+    eight) still counts the three active days: the window data it needs was kept."""
+    logic = logic_for({"windows": {"90d": {"size": "90d", "slide": "1d"}}})
+    learnt = spy_on_learning(logic)
+    state = logic.new_state("user:u1")
+    for day in range(3):
+        logic.advance(state, [view(day, T0 + day * DAY)], T0 + day * DAY)
+    while state.model_wake is not None and state.model_wake <= T0 + 130 * DAY:
+        logic.advance(state, [], state.model_wake)
+    silence, last = 14 * DAY + 1, T0 + 2 * DAY
+    at = {e.snapshot_ts: e.features for e in learnt if e.task == "propensity"}
+    assert at[last + 6 * silence]["window.events"] == 3.0
+    assert at[last + 7 * silence]["window.events"] == 0.0  # 100 days: all slid out
+
+
 @pytest.mark.parametrize("delta", [0.0, 1.0])
 def test_a_revisit_writes_the_profile_again_when_a_score_moved_by_the_delta(delta: float) -> None:
     logic = logic_for({"models": {"score_write_delta": delta}})

@@ -483,10 +483,17 @@ class CustomerLogic(PrivacyLogic):
             del ids[oldest]
         finest = self.model.windows.finest
         if previous is None or previous // finest != clock // finest:
-            self.model.prune(state.profile, clock - self.config.allowed_lateness_ms)
+            self.model.prune(state.profile, min(clock - self.config.allowed_lateness_ms, self._unsnapshotted(state)))
         guard_ends = self._forget_guard_ends(state)
         if guard_ends is not None and clock >= guard_ends:
             state.forgotten_until = None  # an event from before the forget would now be late
+
+    def _unsnapshotted(self, state: CustomerState) -> int:
+        """The first silent point not snapshotted yet (what its windows see must stay), else 2**62."""
+        last = state.features.last_seen
+        if self.models is None or state.labels is None or last is None:
+            return 2**62
+        return next(iter(self.models.silent_points(state.labels, last, 2**62)), 2**62)
 
     def _forget_guard_ends(self, state: CustomerState) -> int | None:
         """When events from before a carried-out forget can no longer arrive on time (None: no forget)."""
