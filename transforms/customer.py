@@ -489,9 +489,16 @@ class CustomerLogic(PrivacyLogic):
             state.forgotten_until = None  # an event from before the forget would now be late
 
     def _unsnapshotted(self, state: CustomerState) -> int:
-        """The first silent point not snapshotted yet (what its windows see must stay), else 2**62."""
+        """The first silent point not snapshotted yet (what its windows see must stay), else 2**62.
+        Only points after three steps of silence are snapshotted late (at a revisit after they
+        passed): with no window that long, they see nothing anyway."""
         last = state.features.last_seen
-        if self.models is None or state.labels is None or last is None:
+        if (
+            self.models is None
+            or state.labels is None
+            or last is None
+            or self.model.windows.longest <= 3 * self.models.silence_step
+        ):
             return 2**62
         return next(iter(self.models.silent_points(state.labels, last, 2**62)), 2**62)
 
