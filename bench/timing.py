@@ -23,16 +23,17 @@ def best_seconds(repeat: int, run: Callable[[], None]) -> float:
 
 
 def run_job(
-    source: Path, work: Path, models: bool, extra: str = "", as_of: int | None = None
+    source: Path, work: Path, models: bool, extra: str = "", as_of: int | None = None, engine: str = "core"
 ) -> tuple[dict, dict[str, dict]]:
-    """``segstream run --engine core`` over ``source`` with the packaged configuration, the models on
-    or off (``extra``: more lines under ``models:``); the run summary and the profiles by customer id."""
+    """``segstream run --engine ENGINE`` over ``source`` with the packaged configuration, the models
+    on or off (``extra``: more lines under ``models:``); the run summary and the profiles by customer
+    id."""
     out = work / ("on" if models else "off")
     out.mkdir(parents=True, exist_ok=True)
     config = out / "config.yaml"
     settings = f"\nmodels:\n  enabled: {'true' if models else 'false'}\n{extra}"
     config.write_text(DEFAULT_CONFIG.read_text(encoding="utf-8") + settings, encoding="utf-8")
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--engine", "core", "--source", str(source),
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--engine", engine, "--source", str(source),
                "--config", str(config), "--no-progress", "--state-dir", str(out / "state"),
                "--profiles-out", str(out / "profiles.jsonl"), "--summary-out", str(out / "summary.json")]  # fmt: skip
     if as_of is not None:

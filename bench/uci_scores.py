@@ -1,21 +1,22 @@
 """The job's own churn and propensity scores on the real UCI Online Retail file, against batch models.
 
 The UCI file (read-only, never copied) becomes events with the project's adapter; the events before
-``--cutoff`` go through the real job (``segstream run --engine core --as-of CUTOFF``), once with the
-models off (the baseline) and once on. The profiles at the cutoff carry ``churn_score`` and
-``propensity_score``. Every customer with an order before the cutoff is labelled from the orders
-after it (propensity: an order within 14 days; churn: none within 90 days) and the exact ROC AUC of
-the job's scores is printed beside batch models trained on the period before the cutoff with the
-labels known by then (weekly reference dates, :mod:`bench.uci_models`): scikit-learn's logistic
-regression and gradient boosting when scikit-learn is installed (``pip install -e '.[bench]'``),
-and River's logistic regression over shuffled epochs. The job's events per second with the models
-on and off (the fastest of ``--repeat`` alternating runs of each), and their ratio, close the
-report.
+``--cutoff`` go through the real job (``segstream run --engine core --as-of CUTOFF``; ``--engine``
+picks another), once with the models off (the baseline) and once on. The profiles at the cutoff
+carry ``churn_score`` and ``propensity_score``. Every customer with an order before the cutoff is
+labelled from the orders after it (propensity: an order within 14 days; churn: none within 90 days)
+and the exact ROC AUC of the job's scores is printed beside batch models trained on the period
+before the cutoff with the labels known by then (weekly reference dates, :mod:`bench.uci_models`):
+scikit-learn's logistic regression and gradient boosting when scikit-learn is installed (``pip
+install -e '.[bench]'``), and River's logistic regression over shuffled epochs. The job's events
+per second with the models on and off (the fastest of ``--repeat`` alternating runs of each), and
+their ratio, close the report.
 
 Run from the repository root::
 
     python bench/uci_scores.py
     python bench/uci_scores.py --cutoff 2011-10-01 --work-dir /tmp/uci-scores
+    python bench/uci_scores.py --engine flink     # the same on local Flink
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--models-yaml", default="", help="extra lines under models: (e.g. '  name: naive_bayes')")
     parser.add_argument("--epochs", type=int, default=5, help="River batch baseline: shuffled passes")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, alternating; the fastest counts")
+    parser.add_argument("--engine", default="core", choices=("core", "beam", "flink"), help="the job's engine")
     args = parser.parse_args()
     cutoff = int(datetime.fromisoformat(args.cutoff).replace(tzinfo=UTC).timestamp() * 1000)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="uci-scores-"))
@@ -81,7 +83,7 @@ def main() -> None:
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for _ in range(args.repeat):  # alternating, so a busy spell of the machine hits both alike
         for models in (False, True):
-            summary, profiles = run_job(source, work, models, args.models_yaml, as_of=cutoff)
+            summary, profiles = run_job(source, work, models, args.models_yaml, as_of=cutoff, engine=args.engine)
             runs[models].append(summary)
     off, on = (max(runs[m], key=lambda s: s["events_per_second"]) for m in (False, True))
     rows, _ = load_orders(args.data)
@@ -115,7 +117,7 @@ def main() -> None:
     if missing:
         print(f"\n{missing} customers with an order had no profile (their lines were dead letters)")
     ratio = on["events_per_second"] / off["events_per_second"]
-    print("\n| job (core engine) | events/s | vs models off |\n|---|---:|---:|")
+    print(f"\n| job ({args.engine} engine) | events/s | vs models off |\n|---|---:|---:|")
     print(f"| models off (baseline) | {off['events_per_second']:,.0f} | 1.00x |")
     print(f"| models on | {on['events_per_second']:,.0f} | {ratio:.2f}x (cost {1 - ratio:.0%}) |")
     for task, figures in (on.get("models") or {}).items():
