@@ -11,7 +11,11 @@ caller keeps it (keyed state) and hands it back:
 2. when the watermark passes ``models.next_due(pending)`` (an event-time timer):
    ``examples += models.expire(pending, watermark)``;
 3. ``models.learn(examples)``: each example is first predicted (progressive validation), then learnt;
-4. ``models.score(features, now)`` for the profile.
+4. ``models.score(features, now)`` for the profile;
+5. a silent customer: before its next event and at each revisit (a timer at
+   ``models.next_revisit(last_seen, now)``), ``models.observe(pending, features_at_t, "silence", t)``
+   for each ``t`` in ``models.silent_points(pending, last_seen, until)``, then at a revisit a
+   snapshot now and new scores.
 
 >>> DAY = 86_400_000
 >>> models = Models(ModelSettings(propensity_days=14, churn_days=90))
