@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from online_models.labels import DAY_MS, TASKS, Example, PendingLabels
@@ -79,8 +80,9 @@ class ModelSettings:
         return self.churn_snapshot_every_ms if task == "churn" else self.snapshot_every_ms
 
     def __post_init__(self) -> None:
-        if not 0 <= self.score_write_delta <= 1:
-            raise ValueError("models.score_write_delta must be between 0 and 1")
+        delta = self.score_write_delta
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta <= 1:
+            raise ValueError("models.score_write_delta must be a number from 0 to 1")
         for task in TASKS:
             if self.days(task) * DAY_MS < self.snapshot_every(task):
                 key = "churn_snapshot_every" if task == "churn" else "snapshot_every"
@@ -151,7 +153,7 @@ class Models:
         times = [t for t in (pending[task].next_due() for task in TASKS) if t is not None]
         return min(times) if times else None
 
-    @property
+    @cached_property  # read for every event of every customer
     def silence_step(self) -> int:
         """The silence between two snapshots of a silent customer: the propensity horizon + 1 ms (a
         snapshot falls due exactly when the next one is taken)."""

@@ -172,10 +172,8 @@ def _models(document: Mapping[str, object]) -> ModelSettings | None:
         if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
             raise ConfigError(f"config: models.{key} must be a positive number of days")
         settings[key] = days
-    delta = section.get("score_write_delta", defaults.score_write_delta)
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta <= 1:
-        raise ConfigError("config: models.score_write_delta must be a number from 0 to 1")
-    settings["score_write_delta"] = float(delta)
+    # ModelSettings checks it:
+    settings["score_write_delta"] = section.get("score_write_delta", defaults.score_write_delta)
     for key, field_name in _MODEL_DURATIONS.items():
         settings[field_name] = _duration(section, key, "models", getattr(defaults, field_name))
         if settings[field_name] <= 0 and key != "refresh":
