@@ -5,9 +5,9 @@
 per-customer state is a ``dict[task, PendingLabels]`` made by :meth:`Models.new_pending`; the
 caller keeps it (keyed state) and hands it back:
 
-1. on every event of a customer, after updating its features: ``examples = models.observe(pending,
-   features, event_type, now)`` (a purchase labels the snapshots it decides, then a snapshot is
-   taken, at most one per ``snapshot_every_ms``);
+1. after a customer's events of one millisecond, its features updated: ``examples =
+   models.observe(pending, features, event_type, now)`` (a purchase labels the snapshots it
+   decides, then a snapshot is taken, at most one per ``snapshot_every_ms``);
 2. when the watermark passes ``models.next_due(pending)`` (an event-time timer):
    ``examples += models.expire(pending, watermark)``;
 3. ``models.learn(examples)``: each example is first predicted (progressive validation), then learnt;

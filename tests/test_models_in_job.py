@@ -57,6 +57,17 @@ def test_a_purchase_labels_earlier_snapshots_and_the_timer_labels_the_rest() -> 
     assert step.touched  # the scores moved on: the profile is written again
 
 
+def test_the_snapshot_of_a_millisecond_sees_all_its_events() -> None:
+    logic = logic_for()
+    state = logic.new_state("user:u1")
+    lines = [purchase(n, T0 + 1000, amount=10.0 * n) for n in (1, 2, 3)]  # one invoice, three lines
+    logic.advance(state, [purchase(0, T0 - 20 * DAY)], T0 - 20 * DAY)
+    logic.advance(state, lines, T0 + 1000)
+    assert state.labels is not None
+    (_, snapshot), *_ = (s for s in state.labels["propensity"].snapshots if s[0] == T0 + 1000)
+    assert snapshot["spend"] == 20.0 + 10.0 + 20.0 + 30.0 and snapshot["orders"] == 4.0
+
+
 def test_pending_snapshots_stay_bounded_per_customer() -> None:
     logic = logic_for()
     state = logic.new_state("user:u1")

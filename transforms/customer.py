@@ -281,8 +281,10 @@ class CustomerLogic(PrivacyLogic):
             first = first or state.features.last_seen is None  # new, or cleared by privacy
             if self._apply(state, event, now, step):
                 kinds.add(event.type)
-            # Rules see all events of one millisecond at once (an invoice's lines, say).
+            # Rules and models see all events of one millisecond at once (an invoice's lines, say).
             if kinds and (i + 1 == len(due) or due[i + 1].ts != event.ts):
+                if self.models is not None:
+                    self._observe(state, "purchase" if "purchase" in kinds else event.type, now)
                 self._evaluate(state, now, from_timer=False, step=step, kinds=None if first else kinds)
                 kinds, first = set(), False
         self._fire_rule_timers(state, to_ts, step)
@@ -317,8 +319,6 @@ class CustomerLogic(PrivacyLogic):
         if self.models is not None and self._snapshot_silence(state, now - 1) is not None:
             state.model_wake = None  # the silent snapshots may fall due first: _observe sets it again
         self.model.add(state.profile, event)
-        if self.models is not None:
-            self._observe(state, event, now)
         self.remember_identifiers(state, event)
         step.accepted.append(event)
         step.touched = True
@@ -336,13 +336,16 @@ class CustomerLogic(PrivacyLogic):
             if state.rule_wake == now:
                 self._evaluate(state, now, from_timer=True, step=step, kinds=())
 
-    def _observe(self, state: CustomerState, event: Event, now: int) -> None:
-        """The models' part of an applied event: labels a purchase decides, a feature snapshot."""
+    def _observe(self, state: CustomerState, event_type: str, now: int) -> None:
+        """The models' part of the events applied at ``now`` (``event_type``: ``purchase`` if one
+        was): the labels a purchase decides, then a feature snapshot with all of them."""
         assert self.models is not None
+        if not state.consent or state.features.last_seen is None:
+            return  # consent revoked by one of them: nothing of the customer's is kept
         if state.labels is None:
             state.labels = self.models.new_pending()
         profile = state.profile
-        examples = self.models.observe(state.labels, lambda: model_features(self.model, profile, now), event.type, now)
+        examples = self.models.observe(state.labels, lambda: model_features(self.model, profile, now), event_type, now)
         if examples:
             self.models.learn(examples)
         wake = state.model_wake
