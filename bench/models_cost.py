@@ -3,14 +3,15 @@
 A clickstream from the project's generator (``segstream generate``: sessions, logins, purchases,
 duplicates, late and dirty events) goes through the real job (``segstream run --engine core``)
 ``--repeat`` times with the models off and on, alternating so that a busy spell of the machine
-hits both alike; the fastest run of each counts. Printed: events per second, their ratio and the
-labels the models learnt. For the UCI transactions (few events per customer, the worst case) see
+hits both alike (``--together``: both runs of a pair at the same time, one per core). Printed:
+events per second of the fastest run of each and their ratio, the ratio of each pair and their
+median, and the labels the models learnt. For the UCI transactions (few events per customer, the worst case) see
 ``bench/uci_scores.py``, which prints the same ratio.
 
 Run from the repository root::
 
     python bench/models_cost.py                      # 2,000 persons over 30 days
-    python bench/models_cost.py --persons 5000 --days 90 --repeat 3
+    python bench/models_cost.py --persons 5000 --days 90 --repeat 3 --together
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import run_job
+from timing import on_off, run_job
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=2000)
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternating; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=2, help="pairs of runs, models off then on")
+    parser.add_argument("--together", action="store_true", help="the two runs of a pair at the same time")
     parser.add_argument("--models-yaml", default="", help="extra lines under models: (e.g. '  refresh: 1d')")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="models-cost-"))
@@ -38,16 +40,10 @@ def main() -> None:
          "--persons", str(args.persons), "--days", str(args.days)],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    runs: dict[bool, list[dict]] = {False: [], True: []}
-    for _ in range(args.repeat):
-        for models in (False, True):
-            runs[models].append(run_job(source, work, models, args.models_yaml)[0])
-    off, on = (max(runs[m], key=lambda s: s["events_per_second"]) for m in (False, True))
-    ratio = on["events_per_second"] / off["events_per_second"]
-    print(f"generated clickstream: {off['events_in']:,} events, {args.persons:,} persons, {args.days} days\n")
-    print("| job (core engine) | events/s | vs models off |\n|---|---:|---:|")
-    print(f"| models off (baseline) | {off['events_per_second']:,.0f} | 1.00x |")
-    print(f"| models on | {on['events_per_second']:,.0f} | {ratio:.2f}x (cost {1 - ratio:.0%}) |")
+    runs = on_off(args.repeat, args.together, lambda models: run_job(source, work, models, args.models_yaml)[0])
+    on = runs.fastest(True)
+    print(f"generated clickstream: {on['events_in']:,} events, {args.persons:,} persons, {args.days} days\n")
+    print(runs.report("core"))
     updates = {task: figures["n_updates"] for task, figures in (on.get("models") or {}).items()}
     print(f"labels learnt: {', '.join(f'{task} {n:,}' for task, n in updates.items())}")
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "transforms" / "default_config.yaml"
@@ -43,3 +46,46 @@ def run_job(
     with (out / "profiles.jsonl").open(encoding="utf-8") as handle:
         profiles = {p["customer_id"]: p for p in map(json.loads, handle)}
     return summary, profiles
+
+
+@dataclass
+class OnOff:
+    """Runs of the job with the models off and on: ``runs[models]`` are the summaries, pair by pair."""
+
+    runs: dict[bool, list[dict]]
+
+    def fastest(self, models: bool) -> dict:
+        return max(self.runs[models], key=lambda s: s["events_per_second"])
+
+    @property
+    def ratios(self) -> list[float]:
+        """Models on against off, per pair."""
+        return [on["events_per_second"] / off["events_per_second"] for off, on in zip(*self.runs.values(), strict=True)]
+
+    def report(self, engine: str) -> str:
+        """A Markdown table: the fastest run of each, their ratio, and the ratios of the pairs."""
+        off, on = self.fastest(False), self.fastest(True)
+        ratio = on["events_per_second"] / off["events_per_second"]
+        pairs = ", ".join(f"{r:.2f}x" for r in self.ratios)
+        return (
+            f"| job ({engine} engine) | events/s | vs models off |\n|---|---:|---:|\n"
+            f"| models off (baseline) | {off['events_per_second']:,.0f} | 1.00x |\n"
+            f"| models on | {on['events_per_second']:,.0f} | {ratio:.2f}x (cost {1 - ratio:.0%}) |\n\n"
+            f"on/off per pair: {pairs}; median {statistics.median(self.ratios):.2f}x"
+        )
+
+
+def on_off(repeat: int, together: bool, job: Callable[[bool], dict]) -> OnOff:
+    """``repeat`` pairs of ``job(models)`` runs (its summary), the models off then on; ``together``:
+    the two runs of a pair at the same time, one per core, so that a change in the machine's speed
+    hits both alike (on a shared machine it can swing a run by a third)."""
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(repeat):
+        if together:
+            with ThreadPoolExecutor(2) as pool:
+                off, on = pool.map(job, (False, True))
+        else:
+            off, on = job(False), job(True)
+        runs[False].append(off)
+        runs[True].append(on)
+    return OnOff(runs)

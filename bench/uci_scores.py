@@ -2,20 +2,22 @@
 
 The UCI file (read-only, never copied) becomes events with the project's adapter; the events before
 ``--cutoff`` go through the real job (``segstream run --engine core --as-of CUTOFF``; ``--engine``
-picks another), once with the models off (the baseline) and once on. The profiles at the cutoff
+picks another), with the models off (the baseline) and on. The profiles at the cutoff
 carry ``churn_score`` and ``propensity_score``. Every customer with an order before the cutoff is
 labelled from the orders after it (propensity: an order within 14 days; churn: none within 90 days)
 and the exact ROC AUC of the job's scores is printed beside batch models trained on the period
 before the cutoff with the labels known by then (weekly reference dates, :mod:`bench.uci_models`):
 scikit-learn's logistic regression and gradient boosting when scikit-learn is installed (``pip
 install -e '.[bench]'``), and River's logistic regression over shuffled epochs. The job's events
-per second with the models on and off (the fastest of ``--repeat`` alternating runs of each), and
-their ratio, close the report.
+per second with the models on and off close the report: ``--repeat`` pairs of runs, off then on
+(``--together``: the two runs of a pair at the same time, one per core); the fastest run of each
+and their ratio, then the ratio of each pair and their median.
 
 Run from the repository root::
 
     python bench/uci_scores.py
     python bench/uci_scores.py --cutoff 2011-10-01 --work-dir /tmp/uci-scores
+    python bench/uci_scores.py --repeat 5 --together
     python bench/uci_scores.py --engine flink     # the same on local Flink
 """
 
@@ -27,7 +29,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from timing import run_job
+from timing import on_off, run_job
 from uci_models import (
     DATA,
     HORIZON_DAYS,
@@ -72,7 +74,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--models-yaml", default="", help="extra lines under models: (e.g. '  name: naive_bayes')")
     parser.add_argument("--epochs", type=int, default=5, help="River batch baseline: shuffled passes")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each, alternating; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, models off then on")
+    parser.add_argument("--together", action="store_true", help="the two runs of a pair at the same time")
     parser.add_argument("--engine", default="core", choices=("core", "beam", "flink"), help="the job's engine")
     args = parser.parse_args()
     cutoff = int(datetime.fromisoformat(args.cutoff).replace(tzinfo=UTC).timestamp() * 1000)
@@ -80,12 +83,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     source = work / "before_cutoff.jsonl"
     lines = write_events_before(args.data, source, cutoff)
-    runs: dict[bool, list[dict]] = {False: [], True: []}
-    for _ in range(args.repeat):  # alternating, so a busy spell of the machine hits both alike
-        for models in (False, True):
-            summary, profiles = run_job(source, work, models, args.models_yaml, as_of=cutoff, engine=args.engine)
-            runs[models].append(summary)
-    off, on = (max(runs[m], key=lambda s: s["events_per_second"]) for m in (False, True))
+    profiles: dict[str, dict] = {}
+
+    def job(models: bool) -> dict:
+        summary, by_customer = run_job(source, work, models, args.models_yaml, as_of=cutoff, engine=args.engine)
+        if models:
+            profiles.update(by_customer)
+        return summary
+
+    runs = on_off(args.repeat, args.together, job)
+    on = runs.fastest(True)
     rows, _ = load_orders(args.data)
     histories = full_histories(rows)
     customers = sorted(u for u, h in histories.items() if h.ts and h.ts[0] < cutoff)
@@ -116,10 +123,7 @@ def main() -> None:
         print(f"| {name} | {cells} |")
     if missing:
         print(f"\n{missing} customers with an order had no profile (their lines were dead letters)")
-    ratio = on["events_per_second"] / off["events_per_second"]
-    print(f"\n| job ({args.engine} engine) | events/s | vs models off |\n|---|---:|---:|")
-    print(f"| models off (baseline) | {off['events_per_second']:,.0f} | 1.00x |")
-    print(f"| models on | {on['events_per_second']:,.0f} | {ratio:.2f}x (cost {1 - ratio:.0%}) |")
+    print(f"\n{runs.report(args.engine)}")
     for task, figures in (on.get("models") or {}).items():
         v = figures["validation"]
         auc = "n/a" if v["roc_auc"] is None else f"{v['roc_auc']:.3f}"

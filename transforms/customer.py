@@ -316,7 +316,9 @@ class CustomerLogic(PrivacyLogic):
             return False
         state.recent_event_ids.pop(event.event_id, None)  # re-insert at the end: expiry walks insertion order
         state.recent_event_ids[event.event_id] = event.ts
-        if self.models is not None and self._snapshot_silence(state, now - 1) is not None:
+        models, last = self.models, state.features.last_seen
+        silent = models is not None and last is not None and now > last + models.silence_step
+        if silent and self._snapshot_silence(state, now - 1) is not None:
             state.model_wake = None  # the silent snapshots may fall due first: _observe sets it again
         self.model.add(state.profile, event)
         self.remember_identifiers(state, event)

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 WINDOW_METRICS = ("events", "sessions", "orders", "spend")
 LOG_SCALED = ("orders", "spend", "avg_order_value", "days_since_purchase", "days_since_seen", "days_per_order")
+# (what is read, the feature's name): the names are made once, not for every snapshot
+_COUNTS = tuple((kind, f"count.{kind}") for kind in ("product_view", "add_to_cart", "page_view"))
+_LOGS = tuple((name, f"log.{name}") for name in LOG_SCALED)
+_WINDOWS = tuple((metric, f"window.{metric}") for metric in WINDOW_METRICS)
 
 
 def model_features(model: ProfileModel, state: ProfileState, now: int) -> dict[str, float]:
@@ -40,8 +44,9 @@ def model_features(model: ProfileModel, state: ProfileState, now: int) -> dict[s
         "cart_value": f.cart_value,
         "engagement_score": model.engagement.score(state.points, now),
     }
-    for kind in ("product_view", "add_to_cart", "page_view"):
-        features[f"count.{kind}"] = float(f.counts.get(kind, 0))
+    counts = f.counts
+    for kind, name in _COUNTS:
+        features[name] = float(counts.get(kind, 0))
     if f.last_seen is not None and f.first_seen is not None:
         features["days_since_seen"] = max(0.0, (now - f.last_seen) / DAY)
         features["tenure_days"] = max(0.0, (now - f.first_seen) / DAY)
@@ -55,12 +60,12 @@ def model_features(model: ProfileModel, state: ProfileState, now: int) -> dict[s
             features["days_per_order"] = days_per_order
             if last_purchase is not None:
                 features["purchase_recency_ratio"] = features["days_since_purchase"] / days_per_order
-    for name in LOG_SCALED:  # heavy tails: the logistic model reads their logs beside them
-        if name in features:
-            features[f"log.{name}"] = math.log1p(max(0.0, features[name]))
-    specs = model.windows.specs
-    if specs:
-        longest = max(specs, key=lambda name: specs[name].size_ms)
-        for metric in WINDOW_METRICS:
-            features[f"window.{metric}"] = float(model.windows.value(state.activity, longest, metric, now))
+    for name, log_name in _LOGS:  # heavy tails: the logistic model reads their logs beside them
+        value = features.get(name)
+        if value is not None:
+            features[log_name] = math.log1p(value if value > 0.0 else 0.0)
+    windows = model.windows
+    if windows.widest is not None:
+        for metric, name in _WINDOWS:
+            features[name] = float(windows.value(state.activity, windows.widest, metric, now))
     return features

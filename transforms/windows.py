@@ -89,6 +89,7 @@ class WindowSet:
         self.slides = sorted({spec.slide_ms for spec in specs})
         self.longest = max((spec.size_ms + spec.slide_ms for spec in specs), default=0)
         self.finest = min((spec.slide_ms for spec in specs), default=60_000)
+        self.widest = max(self.specs, key=lambda name: self.specs[name].size_ms, default=None)  # its name
         self._empty = {name: self._result(Activity(), name, 0) for name in self.specs}  # the same at any time
 
     def create(self) -> Activity:
