@@ -68,6 +68,18 @@ def test_the_snapshot_of_a_millisecond_sees_all_its_events() -> None:
     assert snapshot["spend"] == 20.0 + 10.0 + 20.0 + 30.0 and snapshot["orders"] == 4.0
 
 
+def test_a_forget_within_a_millisecond_leaves_the_models_nothing_from_before_it() -> None:
+    logic = logic_for()
+    state = logic.new_state("user:u1")
+    # Ids order them within the millisecond: the purchase, the forget, then a new customer's view.
+    events = [purchase(1, T0), Event("p2-forget", "forget", T0, user_id="u1"), view(3, T0)]
+    logic.advance(state, events, T0)
+    assert state.labels is not None
+    assert state.labels["propensity"].purchases == {} and state.labels["churn"].purchases == {}
+    ((_, snapshot),) = state.labels["propensity"].snapshots
+    assert snapshot["orders"] == 0.0 and snapshot["count.page_view"] == 1.0
+
+
 def test_pending_snapshots_stay_bounded_per_customer() -> None:
     logic = logic_for()
     state = logic.new_state("user:u1")

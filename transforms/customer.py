@@ -279,8 +279,11 @@ class CustomerLogic(PrivacyLogic):
             self._fire_rule_timers(state, min(event.ts, to_ts), step)
             now = max(event.ts, floor)
             first = first or state.features.last_seen is None  # new, or cleared by privacy
+            erasures = len(step.forgotten) + step.revocations
             if self._apply(state, event, now, step):
                 kinds.add(event.type)
+            elif len(step.forgotten) + step.revocations > erasures:
+                kinds.clear()  # the events before it went with the erased state: the models must not see them
             # Rules and models see all events of one millisecond at once (an invoice's lines, say).
             if kinds and (i + 1 == len(due) or due[i + 1].ts != event.ts):
                 if self.models is not None:
@@ -342,8 +345,6 @@ class CustomerLogic(PrivacyLogic):
         """The models' part of the events applied at ``now`` (``event_type``: ``purchase`` if one
         was): the labels a purchase decides, then a feature snapshot with all of them."""
         assert self.models is not None
-        if not state.consent or state.features.last_seen is None:
-            return  # consent revoked by one of them: nothing of the customer's is kept
         if state.labels is None:
             state.labels = self.models.new_pending()
         profile = state.profile
