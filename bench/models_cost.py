@@ -5,8 +5,8 @@ duplicates, late and dirty events) goes through the real job (``segstream run --
 ``--repeat`` times with the models off and on, alternating so that a busy spell of the machine
 hits both alike (``--together``: both runs of a pair at the same time, one per core). Printed:
 events per second of the fastest run of each and their ratio, the ratio of each pair and their
-median, and the labels the models learnt. For the UCI transactions (few events per customer, the worst case) see
-``bench/uci_scores.py``, which prints the same ratio.
+median, and the labels the models learnt. For the UCI transactions (few events per customer, the
+worst case) see ``bench/uci_scores.py``, which prints the same figures.
 
 Run from the repository root::
 

@@ -60,7 +60,8 @@ class OnOff:
     @property
     def ratios(self) -> list[float]:
         """Models on against off, per pair."""
-        return [on["events_per_second"] / off["events_per_second"] for off, on in zip(*self.runs.values(), strict=True)]
+        pairs = zip(self.runs[False], self.runs[True], strict=True)
+        return [on["events_per_second"] / off["events_per_second"] for off, on in pairs]
 
     def report(self, engine: str) -> str:
         """A Markdown table: the fastest run of each, their ratio, and the ratios of the pairs."""
