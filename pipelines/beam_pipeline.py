@@ -188,7 +188,7 @@ class LiveCustomerFn(CustomerStepFn):
         if customer is not None:
             METRICS.customers.inc()
             if not self.ranked_for_final:  # final profiles rank against the whole population seen
-                self.logic.model.population.refresh()
+                self.logic.before_final()
                 self.ranked_for_final = True
                 self.publisher.publish()
             yield beam.pvalue.TaggedOutput(TO_SINK, (FINAL, self.logic.profile(customer)))

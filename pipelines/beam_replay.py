@@ -457,7 +457,7 @@ def _write_final_profiles(spec: JobSpec, store: SnapshotStore) -> None:
     """Once every customer reached the end, their profiles, ranked against the complete RFM population."""
     logic = spec.logic()
     restore_shared(store, logic)
-    logic.model.population.refresh()
+    logic.before_final()
     sink = _sink(spec, logic)
     for snapshot in store.snapshots():
         sink.final_profile(snapshot.state)

@@ -104,7 +104,7 @@ class CoreEngine:
                 self.store.delete(key)
                 continue
             self.store.put(key, Snapshot(snapshot.state, step.remaining), self.logic.next_wake(snapshot.state))
-        self.logic.model.population.refresh()
+        self.logic.before_final()
         for snapshot in self.store.snapshots():
             self.sink.final_profile(snapshot.state)
             METRICS.customers.inc()

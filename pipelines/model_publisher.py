@@ -34,6 +34,7 @@ class ModelPublisher:
         """A new version of each task's model in Redis; the figures to the metrics."""
         if self.models is None:
             return
+        self.models.flush()
         for task, model in self.models.models.items():  # a version twice after a retry: harmless
             retrying(lambda _, task=task, model=model: self.registry.publish(task, model), "publish a model")
         self.published_at = self._updates()

@@ -280,7 +280,7 @@ class CustomerDriver:
         """The customer's final profile and counts, once every customer reached the end (as in the
         core loop, against the complete RFM population)."""
         if not self.final_started:
-            self.logic.model.population.refresh()
+            self.logic.before_final()
             self.final_started = True
         return [(FINAL, self.logic.profile(keyed.state)), (COUNTS, keyed.counts)]
 

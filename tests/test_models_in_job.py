@@ -49,10 +49,12 @@ def test_a_purchase_labels_earlier_snapshots_and_the_timer_labels_the_rest() -> 
     # Silent days 1 and 2 were snapshotted by the daily refresh; the purchase labels all three days'
     # propensity snapshots (positive) and the week's churn snapshot (negative).
     logic.advance(state, [purchase(1, T0 + 3 * DAY)], T0 + 3 * DAY)
+    assert [e.task for e in models.waiting].count("propensity") == 3 and models.flush() == 4  # learn_batch: 32
     assert {task: m.n_updates for task, m in models.models.items()} == {"propensity": 3, "churn": 1}
     assert models.validation["propensity"].pairs[-1][1] is True and models.validation["churn"].pairs[-1][1] is False
     # The purchase day's snapshot waits 14 days for propensity, then the timer labels it negative.
     step = logic.advance(state, [], T0 + 3 * DAY + 14 * DAY + 1)
+    assert len(models.waiting) == 1 and models.flush() == 1
     assert models.models["propensity"].n_updates == 4 and models.validation["propensity"].pairs[-1][1] is False
     assert step.touched  # the scores moved on: the profile is written again
 
@@ -209,6 +211,11 @@ def test_scores_in_rules_need_the_models() -> None:
     for bad in (-0.1, 2, "0.1", True):
         with pytest.raises(ConfigError, match=r"models\.score_write_delta must be a number from 0 to 1"):
             parse_config({"segments": BUYER, "models": {"score_write_delta": bad}}, env={})
+    for key, bad in (("learn_batch", 0), ("learn_batch", 1.5), ("learn_batch", None), ("validation_window", None)):
+        with pytest.raises(ConfigError, match=rf"models\.{key} must be a positive integer"):
+            parse_config({"segments": BUYER, "models": {key: bad}}, env={})
+    with pytest.raises(ConfigError, match=r"models\.learn_wait must be positive"):
+        parse_config({"segments": BUYER, "models": {"learn_wait": "0s"}}, env={})
     assert parse_config({"segments": BUYER, "models": {"enabled": False}}, env={}).logic().models is None
 
 
@@ -288,6 +295,25 @@ def test_the_job_publishes_versioned_models_and_resume_continues_them(
     run(*[str(later) if a == str(sample_file) else a for a in args])
     second = json.loads((tmp_path / "summary.json").read_text())["models"]
     assert second["propensity"]["n_updates"] > first["propensity"]["n_updates"]  # continued, not restarted
+
+
+def test_learning_in_runs_leaves_the_final_profiles_and_the_validation_as_learning_each_at_once(
+    sample_file: Path, redis_url: str, tmp_path: Path
+) -> None:
+    outputs = {}
+    for batch in (1, 32):
+        config = tmp_path / f"learn_batch_{batch}.yaml"
+        config.write_text(DEFAULT_CONFIG.read_text() + f"\nmodels: {{learn_batch: {batch}, learn_wait: 30d}}\n")
+        out = tmp_path / str(batch)
+        run("--source", str(sample_file), "--redis-url", redis_url, "--config", str(config),
+            "--profiles-out", str(out / "profiles.jsonl"), "--summary-out", str(out / "summary.json"),
+            "--as-of", str(max_ts(sample_file) + 40 * DAY))  # fmt: skip
+        summary = json.loads((out / "summary.json").read_text())["models"]
+        outputs[batch] = (read_jsonl(out / "profiles.jsonl"), summary)
+    profiles, summary = outputs[32]
+    assert sum(task["n_updates"] for task in summary.values()) > 64  # learnt in runs of 32
+    assert len({p["propensity_score"] for p in profiles}) > 1
+    assert outputs[1] == outputs[32]
 
 
 def test_horizon_options_reach_the_models(sample_file: Path, redis_url: str, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from river import compose, datasets, forest, linear_model, naive_bayes, optim, p
 from online_models import (
     DAY_MS,
     MODELS,
+    TASKS,
     DictStore,
     Example,
     ModelRegistry,
@@ -586,6 +587,50 @@ def test_models_learn_a_recency_signal_with_progressive_validation() -> None:
         > models.score({"recency_days": 90}, 0)["propensity_score"]
     )
     assert models.score({"recency_days": 5}, 0)["churn_score"] == 0.5  # churn never learnt
+
+
+HOUR = 3_600_000
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["churn", "propensity"]), st.floats(0, 100), st.booleans(), st.integers(0, 2 * HOUR)),
+        max_size=150,
+    ),
+    st.integers(1, 40),
+)
+def test_learning_in_runs_gives_the_model_and_validation_of_learning_each_at_once(
+    rows: list[tuple[str, float, bool, int]], batch: int
+) -> None:
+    at_once = Models(ModelSettings(learn_batch=1))
+    in_runs = Models(ModelSettings(learn_batch=batch, learn_wait_ms=HOUR))
+    ts = 0
+    for task, x, label, gap in rows:
+        ts += gap
+        example = Example(task, {"x": x}, label, ts - 1, ts)
+        assert at_once.learn([example]) == in_runs.learn([example]) == 1
+        assert not at_once.waiting
+        assert len(in_runs.waiting) < batch  # learnt once learn_batch wait,
+        assert not in_runs.waiting or ts - in_runs.waiting[0].label_ts < HOUR  # or the first waited an hour
+    in_runs.flush()
+    for task in TASKS:
+        assert in_runs.validation[task].pairs == at_once.validation[task].pairs
+        assert in_runs.models[task].n_updates == at_once.models[task].n_updates
+    assert in_runs.score({"x": 3.0}, ts) == at_once.score({"x": 3.0}, ts)
+
+
+def test_waiting_labels_are_learnt_when_scores_are_read_an_hour_later_and_by_the_summary() -> None:
+    models = Models(ModelSettings(learn_batch=32, learn_wait_ms=HOUR))
+    untrained = models.score({"x": 1.0}, 0)
+    examples = [Example("propensity", {"x": 1.0}, True, 0, 10) for _ in range(5)]
+    assert models.learn(examples) == 5 and len(models.waiting) == 5
+    assert models.score({"x": 1.0}, 10 + HOUR - 1) == untrained  # the labels wait
+    restored = pickle.loads(pickle.dumps(models))
+    assert len(restored.waiting) == 5  # part of the state a checkpoint holds
+    assert models.score({"x": 1.0}, 10 + HOUR)["propensity_score"] > untrained["propensity_score"]
+    assert not models.waiting and models.models["propensity"].n_updates == 5
+    assert restored.summary()["propensity"]["n_updates"] == 5 and not restored.waiting
 
 
 def test_models_merge_and_pickle() -> None:

@@ -54,8 +54,9 @@ _MODEL_DURATIONS = {
     "refresh": "refresh_ms",
     "snapshot_every": "snapshot_every_ms",
     "churn_snapshot_every": "churn_snapshot_every_ms",
+    "learn_wait": "learn_wait_ms",
 }
-_MODEL_COUNTS = ("max_pending", "validation_window", "publish_every")
+_MODEL_COUNTS = ("max_pending", "validation_window", "publish_every", "learn_batch")
 _WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -180,7 +181,9 @@ def _models(document: Mapping[str, object]) -> ModelSettings | None:
             raise ConfigError(f"config: models.{key} must be positive")
     for key in _MODEL_COUNTS:
         value = section.get(key, getattr(defaults, key))
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if (value is not None or key != "max_pending") and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise ConfigError(f"config: models.{key} must be a positive integer")
         settings[key] = value
     try:

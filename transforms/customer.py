@@ -145,6 +145,13 @@ class CustomerLogic(PrivacyLogic):
         self.models = self.model.models = models
         return True
 
+    def before_final(self) -> None:
+        """Before the final profiles: rank against the complete RFM population; the models learn the
+        labels still waiting."""
+        self.model.population.refresh()
+        if self.models is not None:
+            self.models.flush()
+
     def new_state(self, customer_id: str) -> CustomerState:
         return CustomerState(customer_id, rules_version=self.rules.version)
 

@@ -178,7 +178,7 @@ class ProfileModel:
         the customer's first event); ``features``: its :func:`model_features` at ``now``, if known."""
         if self.models is None or state.features.last_seen is None:
             return dict.fromkeys(SCORE_FEATURES)
-        scores = self.models.score_clean(model_features(self, state, now) if features is None else features)
+        scores = self.models.score_clean(model_features(self, state, now) if features is None else features, now)
         return {name: round(value, 6) for name, value in scores.items()}
 
     def render(
