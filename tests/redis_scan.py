@@ -24,8 +24,10 @@ def redis_items(client: redis.Redis) -> Iterator[tuple[str, str]]:
     element or stream entry, the entry's fields as one JSON object)."""
     for raw in client.scan_iter(count=1000):
         key = _text(raw)
-        yield key, key
         kind = _text(client.type(raw))
+        if kind == "none":  # deleted since the scan saw it (a live job is still writing)
+            continue
+        yield key, key
         if kind == "string":
             yield key, _text(client.get(raw) or b"")
         elif kind == "hash":
