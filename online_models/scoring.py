@@ -127,7 +127,7 @@ class Models:
     def score_clean(self, features: dict[str, float], now: int) -> dict[str, float]:
         """:meth:`score` of features that are finite floats already (the job's hot path). The
         labels that waited ``learn_wait_ms`` of event time by ``now`` are learnt first."""
-        if self.waiting and now - self.waiting[0].label_ts >= self.settings.learn_wait_ms:
+        if self._waited(now):
             self.flush()
         return {SCORE_KEYS[task]: model.predict_clean(features) for task, model in self.models.items()}
 
@@ -230,11 +230,13 @@ class Models:
         before = len(waiting)
         waiting.extend(examples)
         taken = len(waiting) - before
-        if len(waiting) >= self.settings.learn_batch or (
-            taken and waiting[-1].label_ts - waiting[0].label_ts >= self.settings.learn_wait_ms
-        ):
+        if len(waiting) >= self.settings.learn_batch or (taken and self._waited(waiting[-1].label_ts)):
             self.flush()
         return taken
+
+    def _waited(self, now: int) -> bool:
+        """Whether the first waiting example has waited ``learn_wait_ms`` of event time by ``now``."""
+        return bool(self.waiting) and now - self.waiting[0].label_ts >= self.settings.learn_wait_ms
 
     def flush(self) -> int:
         """Learn the waiting examples in order: each is first predicted (recorded in progressive

@@ -181,9 +181,8 @@ def _models(document: Mapping[str, object]) -> ModelSettings | None:
             raise ConfigError(f"config: models.{key} must be positive")
     for key in _MODEL_COUNTS:
         value = section.get(key, getattr(defaults, key))
-        if (value is not None or key != "max_pending") and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
+        unbounded = value is None and key == "max_pending"  # the only count that may be null
+        if not unbounded and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"config: models.{key} must be a positive integer")
         settings[key] = value
     try:
