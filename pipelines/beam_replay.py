@@ -431,7 +431,7 @@ def run_file(spec: JobSpec) -> None:
         if identity is not None:
             store.put_shared("identity", stitcher.graph)
         _write_final_profiles(spec, store)
-    finish_forgets(spec, run_key)
+        finish_forgets(spec, run_key)  # the outputs are complete before the saved state moves on
 
 
 def _sink(spec: JobSpec, logic: CustomerLogic) -> OutputSink:

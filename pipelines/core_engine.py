@@ -3,10 +3,13 @@
 It is the reference every other engine is compared with (parity) and the throughput ceiling an
 engine can approach. Single process, no checkpoints: for replays, tests and benchmarks.
 
-A customer with no pending event and no timer (nothing can change until their next event) is
+A customer with no pending event and no timer (nothing can change until their next event), or
+whose only timer is the models' (a label falling due, a revisit of the silent customer), is
 dormant: their state moves to the customer store on disk (SQLite, see
-:mod:`pipelines.customer_store`), so memory holds only customers still active within their windows,
-however many customers the stream brings. At the end every customer goes to the store.
+:mod:`pipelines.customer_store`) with that timer, so memory holds only customers still active within
+their windows, however many customers the stream brings. Stored timers come back into the heap as
+the watermark reaches them, before the heap fires anything, so they fire in the same order as if
+they had stayed. At the end every customer goes to the store.
 
 With identity stitching on (``identity.stitch``), the identity graph resolves each event's
 identifiers to a canonical customer id before it is admitted; when an event links customers, the
@@ -48,6 +51,7 @@ class CoreEngine:
         self.pending: dict[str, list[Event]] = {}
         self.wakes: dict[str, int] = {}
         self.timers: list[tuple[int, str]] = []
+        self.stored_wake: int | None = None  # the earliest timer of a dormant customer
         identity = spec.config.identity
         self.graph = IdentityGraph(identity) if identity is not None else None
 
@@ -59,14 +63,13 @@ class CoreEngine:
                 self.graph = store.get_shared("identity") or self.graph
             self.publisher = ModelPublisher(self.spec.redis_url, self.spec.redis_prefix, self.logic.models)
             reevaluate_on_new_rules(store, self.logic, self._emit_changes)
-            for key, wake in store.wakes():  # timers of customers from an earlier run
-                self._set_timer(key, wake)
+            self.stored_wake = store.earliest_wake()  # timers of customers from an earlier run
             self._replay()
             if self.graph is not None:
                 store.put_shared("identity", self.graph)
             save_shared(store, self.logic)
-        self.publisher.publish()
-        self.sink.close()
+            self.publisher.publish()
+            self.sink.close()  # the outputs are flushed before the saved state moves on
 
     def _replay(self) -> None:
         max_ts: int | None = None
@@ -169,6 +172,10 @@ class CoreEngine:
         heapq.heappush(self.timers, (ts, key))
 
     def _fire(self, watermark: int, end: int | None, bounded: bool) -> None:
+        if self.stored_wake is not None and self.stored_wake <= watermark:
+            for key in self.store.due(watermark):
+                self._wake_up(key)
+            self.stored_wake = self.store.earliest_wake()
         while self.timers and self.timers[0][0] <= watermark:
             ts, key = heapq.heappop(self.timers)
             if self.wakes.get(key) != ts:
@@ -180,14 +187,16 @@ class CoreEngine:
             self._emit(key, step)
 
     def _wake_up(self, key: str) -> CustomerState | None:
-        """Bring a stored customer back into memory (None: unknown customer)."""
-        snapshot = self.store.get(key)
-        if snapshot is None:
+        """Bring a stored customer back into memory with its timer (None: unknown customer)."""
+        stored = self.store.take(key)
+        if stored is None:
             return None
-        self.store.delete(key)
+        snapshot, wake = stored
         self.states[key] = snapshot.state
         if snapshot.pending:
             self.pending[key] = snapshot.pending
+        if wake is not None and (key not in self.wakes or wake < self.wakes[key]):
+            self._set_timer(key, wake)
         return snapshot.state
 
     def _emit(self, key: str, step: Step) -> None:
@@ -203,9 +212,12 @@ class CoreEngine:
         if step.touched:
             self.sink.profile(state)
             self.publisher.maybe_publish()
-        if step.wake is None and key not in self.pending:
-            self.store.put(key, Snapshot(state, []), None)
+        if key not in self.pending and (step.wake is None or self.logic.idle(state)):
+            self.store.put(key, Snapshot(state, []), step.wake)
             del self.states[key]
+            self.wakes.pop(key, None)  # its heap entry is now ignored
+            if step.wake is not None and (self.stored_wake is None or step.wake < self.stored_wake):
+                self.stored_wake = step.wake
 
     def _erase(self, key: str, state: CustomerState, step: Step) -> bool:
         """Carry out the step's forgets: identity graph, Redis, files, receipt (:mod:`pipelines.forget`).

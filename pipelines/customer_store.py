@@ -6,16 +6,26 @@ a run every customer is stored with its next timer, beside the rules version and
 population; the next run with ``--resume`` continues from there. If the rules changed in between,
 every stored customer is evaluated again first, and the changes it causes are emitted with reason
 ``rule`` and the new ``rules_version``.
+
+A saved state is replaced whole or not at all. A run works on a copy beside it
+(``customers.db.run``); the engine closes it once its outputs are flushed, and the command puts it
+in place (:func:`promote_state`: an fsync, then an atomic rename) as the last thing a run that
+ended well does. A run that stops any other way (``kill -9``, Ctrl-C, a full disk, Redis gone)
+leaves the state of the last run that ended well, and the same input run again with ``--resume``
+gives the changes of an uninterrupted run (with the same change ids, which Redis's seq guards and
+webhook receivers deduplicate).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.snapshot_store import SnapshotStore
+from pipelines.snapshot_store import SnapshotStore, check_state_file
 from transforms.customer import CustomerLogic, Snapshot, Step
 
 STATE_FILE = "customers.db"
@@ -23,15 +33,70 @@ STATE_FILE = "customers.db"
 
 @contextmanager
 def customer_store(state_file: Path | None) -> Iterator[SnapshotStore]:
-    """The run's store: ``state_file`` (kept) or a temporary file (removed at the end)."""
+    """The run's store: ``state_file`` (see :func:`saved_state`) or a temporary file."""
+    if state_file is not None:
+        with saved_state(state_file) as store:
+            yield store
+        return
     with tempfile.TemporaryDirectory(prefix="segstream-customers-") as tmp:
-        path = state_file if state_file is not None else Path(tmp) / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = SnapshotStore(path)
+        store = SnapshotStore(Path(tmp) / STATE_FILE)
         try:
             yield store
         finally:
-            store.close()
+            store.abandon()
+
+
+@contextmanager
+def saved_state(state_file: Path) -> Iterator[SnapshotStore]:
+    """A store over a working copy of ``state_file`` (empty if there is none yet), kept for
+    :func:`promote_state` when the ``with`` block ends without an exception, else dropped.
+
+    >>> import tempfile, pathlib
+    >>> from transforms.customer import CustomerState, Snapshot
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / STATE_FILE
+    >>> with saved_state(path) as store:
+    ...     store.put("user:1", Snapshot(CustomerState("user:1"), []), None)
+    >>> promote_state(path)
+    >>> try:
+    ...     with saved_state(path) as store:
+    ...         store.delete("user:1")
+    ...         raise KeyboardInterrupt
+    ... except KeyboardInterrupt:
+    ...     pass
+    >>> with saved_state(path) as store:
+    ...     store.all_keys()
+    ['user:1']
+    """
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    work = state_file.with_name(state_file.name + ".run")
+    work.unlink(missing_ok=True)  # left by a run that did not end well
+    if state_file.exists():
+        check_state_file(state_file)
+        shutil.copyfile(state_file, work)
+    store = SnapshotStore(work)
+    try:
+        yield store
+    except BaseException:
+        store.abandon()
+        work.unlink(missing_ok=True)
+        raise
+    store.close()
+
+
+def promote_state(state_file: Path) -> None:
+    """Put the working copy of a run that ended well in place of ``state_file`` (no-op without
+    one), once both the file and the rename are on disk."""
+    work = state_file.with_name(state_file.name + ".run")
+    if not work.exists():
+        return
+    with work.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(work, state_file)
+    directory = os.open(state_file.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def restore_shared(store: SnapshotStore, logic: CustomerLogic) -> None:

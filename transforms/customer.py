@@ -204,6 +204,12 @@ class CustomerLogic(PrivacyLogic):
         wakes = [t for t in (state.rule_wake, state.model_wake, self._expires_at(state)) if t is not None]
         return min(wakes, default=None)
 
+    def idle(self, state: CustomerState) -> bool:
+        """Whether nothing but the models' work is ahead of the customer (a label falling due, a
+        revisit of the silent customer): no rule timer, nothing left to expire. An engine may then
+        keep the customer on disk until their next event or timer."""
+        return state.rule_wake is None and self._expires_at(state) is None
+
     def late_letter(self, event: Event) -> DeadLetter:
         """The dead letter of an event that :meth:`admit` found late."""
         return DeadLetter(
