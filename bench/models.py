@@ -103,7 +103,7 @@ def bench_model(name: str, rows: list[tuple[dict, bool]], repeat: int, base: flo
         ("predict + learn + validation", best_seconds(repeat, predict_learn) / n),
     ]
     started = time.perf_counter()
-    blob = dump_model(trained)
+    blob = dump_model(trained, mac_key=b"bench-key-not-a-secret")
     dumped = time.perf_counter() - started
     print(f"\n**{name}** (snapshot: {len(blob):,} bytes in {dumped * 1e3:.1f} ms)")
     print("| call | µs per call | vs baseline |\n|---|---:|---:|")

@@ -4,7 +4,8 @@
   :class:`OnlineModel` wrapper (River estimator contract, missing features dropped).
 * :mod:`online_models.labels`: :class:`PendingLabels`, delayed labels in event time.
 * :mod:`online_models.validation`: :class:`ProgressiveValidation` (rolling AUC, log loss, calibration).
-* :mod:`online_models.snapshots`: :func:`dump_model` / :func:`load_model` and :class:`ModelRegistry`.
+* :mod:`online_models.snapshots`: :func:`dump_model` / :func:`load_model` (pickles signed with HMAC-SHA256) and
+  :class:`ModelRegistry`.
 * :mod:`online_models.scoring`: :class:`Models`, which ties them together for the per-customer step.
 """
 

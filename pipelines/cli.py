@@ -20,21 +20,23 @@ from typing import Any
 import click
 
 from pipelines.core_engine import CoreEngine
-from pipelines.customer_store import STATE_FILE
+from pipelines.customer_store import STATE_FILE, promote_state
 from pipelines.delivery import Deliveries
 from pipelines.delivery_queue import DeliveryQueue, load_routes
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
+from pipelines.model_publisher import KEY_ENV, KEY_FILE_ENV, model_key
 from pipelines.outputs import OutputPaths, truncate
 from pipelines.redis_store import RedisSink, RedisUnavailable, shared_client, start_embedded, stop_embedded
 from pipelines.redis_stream import StreamReader, StreamSpec, is_live_source, is_stream_source
+from pipelines.snapshot_store import StateFileError
 from pipelines.sources import SourceError, check_source
 from pipelines.watermarked import Counts
 from pipelines.webhook_receiver import MAX_TOLERANCE_S, WebhookReceiver
 from transforms.adapters import ADAPTERS
 from transforms.config import SALT_ENV, ConfigError, JobConfig, load_config
 from transforms.dead_letters import Rejection
-from transforms.subscribers import WebhookConfigError, check_secret, make_subscriber, with_command_line
+from transforms.subscribers import check_secret, make_subscriber, read_secrets, with_command_line
 from transforms.timestamps import parse_event_time
 
 ENGINES = ("beam", "core", "flink")
@@ -152,7 +154,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
             else:
                 CoreEngine(spec).run()
             seconds = time.perf_counter() - started  # the delivery drain after the input is not counted
-    except RedisUnavailable as error:
+    except (RedisUnavailable, StateFileError) as error:
         raise UserError(str(error)) from None
     for line in deliveries.report.lines():
         click.echo(line)
@@ -166,6 +168,8 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
         outputs.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if not counts.balanced():
         raise click.ClickException(f"internal error: counts do not add up: {summary}")
+    if spec.state_file is not None:
+        promote_state(spec.state_file)  # the last step: a run stopped before it leaves the saved state
     return summary
 
 
@@ -236,7 +240,15 @@ _webhook_options = [
         metavar="whsec_...",
         envvar="SEGSTREAM_WEBHOOK_SECRET",
         help="Signing secret of the --webhook subscribers (repeatable: each request is signed with every "
-        "one, for rotation). Env: SEGSTREAM_WEBHOOK_SECRET.",
+        "one, for rotation). Env: SEGSTREAM_WEBHOOK_SECRET. Visible in the process list: prefer "
+        "--webhook-secret-file.",
+    ),
+    click.option(
+        "--webhook-secret-file",
+        type=click.Path(path_type=Path),
+        envvar="SEGSTREAM_WEBHOOK_SECRET_FILE",
+        help="File of the --webhook subscribers' signing secrets, one per line (instead of --webhook-secret). "
+        "Env: SEGSTREAM_WEBHOOK_SECRET_FILE.",
     ),
 ]
 
@@ -247,13 +259,42 @@ def webhook_options(func: Any) -> Any:
     return func
 
 
-def _with_webhooks(config: JobConfig, urls: tuple[str, ...], secrets: tuple[str, ...]) -> JobConfig:
-    """``config`` with the ``--webhook`` subscribers added."""
+def _signing_secrets(secrets: tuple[str, ...], secret_file: Path | None, option: str) -> list[str]:
+    """The secrets of ``option`` (repeated, or its environment variable), or those of the file of
+    ``option``-file, checked; a UserError when both are given or the file is unreadable or empty."""
     try:
-        checked = [check_secret(secret, "--webhook-secret") for secret in secrets]
-        return dataclasses.replace(config, webhooks=with_command_line(config.webhooks, urls, checked))
-    except WebhookConfigError as error:
+        if secret_file is None:
+            return [check_secret(secret, option) for secret in secrets]
+        if secrets:
+            raise UserError(f"{option}-file and {option} (or their SEGSTREAM_WEBHOOK_SECRET[_FILE]) exclude each other")
+        return [check_secret(secret, f"{option}-file") for secret in read_secrets(secret_file, f"{option}-file")]
+    except ValueError as error:  # WebhookConfigError too
         raise UserError(str(error)) from None
+
+
+def _with_webhooks(
+    config: JobConfig, urls: tuple[str, ...], secrets: tuple[str, ...], secret_file: Path | None
+) -> JobConfig:
+    """``config`` with the ``--webhook`` subscribers added."""
+    checked = _signing_secrets(secrets, secret_file, "--webhook-secret")
+    try:
+        return dataclasses.replace(config, webhooks=with_command_line(config.webhooks, urls, checked))
+    except ValueError as error:  # WebhookConfigError
+        raise UserError(str(error)) from None
+
+
+def _model_key_or_warning(config: JobConfig) -> None:
+    """A UserError for a model key that is set but unusable; a warning when the models run without one."""
+    try:
+        key = model_key()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if key is None and config.models is not None:
+        click.echo(
+            f"warning: without {KEY_FILE_ENV} or {KEY_ENV} model snapshots are neither published to Redis nor "
+            "loaded from it",
+            err=True,
+        )
 
 
 def _with_horizons(config: JobConfig, churn_days: float | None, propensity_days: float | None) -> JobConfig:
@@ -363,18 +404,19 @@ def run(
     propensity_days: float | None,
     webhook_urls: tuple[str, ...],
     webhook_secrets: tuple[str, ...],
+    webhook_secret_file: Path | None,
 ) -> None:
     """Run the job over SOURCE and print the summary."""
     _check_source(source, engine)
     if resume and (engine not in ("core", "beam") or is_stream_source(source)):
         raise UserError("--resume continues file replays on --engine core or beam")
     engine_conf = _flink_conf(flink_conf)
-    config = _with_horizons(
-        _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets), churn_days, propensity_days
-    )
+    config = _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets, webhook_secret_file)
+    config = _with_horizons(config, churn_days, propensity_days)
     now_ms = _timestamp(now, "--now") or int(datetime.now(UTC).timestamp() * 1000)
     as_of_ms = _timestamp(as_of, "--as-of")
     url, _server = _redis(redis_url, state_dir)
+    _model_key_or_warning(config)
     spec = JobSpec(
         source=source,
         config=config,
@@ -580,10 +622,16 @@ def _stop_on_signals() -> threading.Event:
     "--secret",
     "secrets",
     multiple=True,
-    required=True,
     metavar="whsec_...",
     envvar="SEGSTREAM_WEBHOOK_SECRET",
-    help="Secret a signature must match (repeatable: any may match). Env: SEGSTREAM_WEBHOOK_SECRET.",
+    help="Secret a signature must match (repeatable: any may match). Env: SEGSTREAM_WEBHOOK_SECRET. Visible in "
+    "the process list: prefer --secret-file.",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(path_type=Path),
+    envvar="SEGSTREAM_WEBHOOK_SECRET_FILE",
+    help="File of the secrets, one per line (instead of --secret). Env: SEGSTREAM_WEBHOOK_SECRET_FILE.",
 )
 @click.option(
     "--out",
@@ -599,14 +647,17 @@ def _stop_on_signals() -> threading.Event:
     show_default=True,
     help="Seconds a webhook-timestamp may differ from this clock.",
 )
-def webhook_receiver(host: str, port: int, secrets: tuple[str, ...], out: Path, tolerance: int) -> None:
+def webhook_receiver(
+    host: str, port: int, secrets: tuple[str, ...], secret_file: Path | None, out: Path, tolerance: int
+) -> None:
     """Receive signed webhooks until SIGINT/SIGTERM: verify, drop repeated webhook-ids, append to --out."""
+    checked = _signing_secrets(secrets, secret_file, "--secret")
+    if not checked:
+        raise UserError("webhook-receiver needs --secret-file FILE or SEGSTREAM_WEBHOOK_SECRET_FILE (or --secret)")
     stop = _stop_on_signals()
     try:
-        receiver = WebhookReceiver([check_secret(s, "--secret") for s in secrets], out, tolerance)
+        receiver = WebhookReceiver(checked, out, tolerance)
         server = receiver.serve(host, port)
-    except WebhookConfigError as error:
-        raise UserError(str(error)) from None
     except OSError as error:
         raise UserError(f"cannot listen on {host}:{port} or write {out}: {error.strerror}") from None
     click.echo(f"receiving on {server.url}; accepted deliveries go to {out}; Ctrl-C stops", err=True)
@@ -639,6 +690,7 @@ def deliver(
     config_path: Path | None,
     webhook_urls: tuple[str, ...],
     webhook_secrets: tuple[str, ...],
+    webhook_secret_file: Path | None,
     redis_url: str | None,
     state_dir: Path,
     redis_prefix: str,
@@ -646,7 +698,7 @@ def deliver(
 ) -> None:
     """Deliver the queued segment changes to the subscribers (what a run left queued, replayed dead letters)."""
     try:
-        config = _with_webhooks(load_config(config_path), webhook_urls, webhook_secrets)
+        config = _with_webhooks(load_config(config_path), webhook_urls, webhook_secrets, webhook_secret_file)
     except ConfigError as error:
         raise UserError(str(error)) from None
     if not config.webhooks.subscribers:

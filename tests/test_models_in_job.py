@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +17,17 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from online_models import Example, ModelRegistry
+from online_models import TASKS, Example, ModelRegistry, Models, dump_model, read_header
+from online_models.snapshots import MAGIC
 from pipelines.cli import main
+from pipelines.metrics import METRICS
+from pipelines.model_publisher import KEY_ENV, KEY_FILE_ENV, ModelPublisher
 from tests.conftest import NOW_MS, read_jsonl
+from tests.test_live_stream import all_delivered, stream_source, wait_for
 from transforms.config import ConfigError, parse_config
 from transforms.customer import CustomerLogic
 from transforms.events import Event
+from transforms.sample_stream import sample_lines
 
 DAY = 86_400_000
 DEFAULT_CONFIG = Path(__file__).parents[1] / "transforms" / "default_config.yaml"
@@ -277,15 +288,16 @@ def days_later(line: str, days: int = 20) -> str:
 
 
 def test_the_job_publishes_versioned_models_and_resume_continues_them(
-    sample_file: Path, redis_url: str, tmp_path: Path
+    sample_file: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
     args = ["--source", str(sample_file), "--redis-url", redis_url, "--state-dir", str(tmp_path / "state"), "--resume",
             "--summary-out", str(tmp_path / "summary.json"), "--profiles-out", str(tmp_path / "p.jsonl")]  # fmt: skip
     run(*args)
     first = json.loads((tmp_path / "summary.json").read_text())["models"]
     assert first["propensity"]["n_updates"] > 0 and first["propensity"]["validation"]["n"] > 0
     client = redis.Redis.from_url(redis_url)
-    registry = ModelRegistry(client, "segstream")
+    registry = ModelRegistry(client, "segstream", MODEL_KEY.encode())
     assert registry.latest_version("churn") is not None
     assert registry.load("propensity").n_updates == first["propensity"]["n_updates"]
     scores = [p["propensity_score"] for p in read_jsonl(tmp_path / "p.jsonl")]
@@ -330,6 +342,164 @@ def test_horizon_options_reach_the_models(sample_file: Path, redis_url: str, tmp
     run("--source", str(sample_file), "--redis-url", redis_url, "--config", str(config), "--churn-days", "1",
         "--summary-out", str(short), "--as-of", str(max_ts(sample_file) + 3 * DAY))  # fmt: skip
     assert json.loads(short.read_text())["models"]["churn"]["validation"]["positive_rate"] > 0  # 1 day: churned
+
+
+# --- model snapshots are signed: what anyone who can write Redis puts there is never unpickled ------
+
+MODEL_KEY = "model-key-of-the-tests-0123"
+
+
+@pytest.fixture(autouse=True)
+def no_model_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key from the environment the tests run in: each test sets the one it means."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+
+
+class RunsCode:
+    """Unpickled, it creates ``marker``: the payload of a forged snapshot."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (self.marker.touch, ())
+
+
+def snapshot_of(header: dict, payload: bytes) -> bytes:
+    return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def taught(n: int = 40) -> Models:
+    models = Models()
+    models.learn([Example(task, {"orders": float(i % 3)}, i % 2 == 0, 0, 0) for i in range(n) for task in TASKS])
+    models.flush()
+    return models
+
+
+def updates(models: Models) -> dict[str, int]:
+    return {task: model.n_updates for task, model in models.models.items()}
+
+
+def test_a_restarted_job_continues_from_its_signed_snapshots(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    ModelPublisher(redis_url, "signed", taught()).publish()
+    fresh = Models()
+    assert ModelPublisher(redis_url, "signed", fresh).restore() is True
+    assert updates(fresh) == dict.fromkeys(TASKS, 40)
+
+
+def _forged(marker: Path) -> bytes:
+    """A snapshot that claims to be the job's model, its payload code, its MAC a genuine one's."""
+    genuine = read_header(dump_model(taught().models["churn"], mac_key=MODEL_KEY.encode()))
+    return snapshot_of({**genuine, "n_updates": 10**6}, pickle.dumps(RunsCode(marker)))
+
+
+def _bit_flipped(marker: Path) -> bytes:
+    data = bytearray(dump_model(taught().models["churn"], mac_key=MODEL_KEY.encode()))
+    data[-5] ^= 0x10
+    return bytes(data)
+
+
+def _unsigned(marker: Path) -> bytes:
+    header = {k: v for k, v in read_header(_forged(marker)).items() if k != "mac"}
+    return snapshot_of(header, pickle.dumps(RunsCode(marker)))
+
+
+FAULTS: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    "forged": (_forged, "signature does not match"),
+    "bit-flipped": (_bit_flipped, "signature does not match"),
+    "unsigned": (_unsigned, "not signed"),
+    "another key": (lambda marker: dump_model(RunsCode(marker), mac_key=b"an-attackers-own-key-42"), "does not match"),
+    "not a snapshot": (lambda marker: b"\x80\x04garbage" + str(marker).encode(), "bad magic"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_restore_refuses_a_bad_snapshot_with_one_line_and_starts_fresh(
+    fault: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    client = redis.Redis.from_url(redis_url)
+    marker = tmp_path / "ran"
+    make, refusal = FAULTS[fault]
+    for task in TASKS:
+        client.set(f"segstream:model:{task}:v1", make(marker))
+        client.set(f"segstream:model:{task}:latest", b"1")
+    fresh = Models()
+    with caplog.at_level(logging.WARNING, logger="segstream"):
+        assert ModelPublisher(redis_url, "segstream", fresh).restore() is False
+    [record] = caplog.records
+    message = record.getMessage()
+    assert refusal in message and "segstream:model:" in message and "fresh models" in message
+    assert record.exc_info is None and "\n" not in message and str(marker) not in message
+    assert not marker.exists()
+    assert updates(fresh) == dict.fromkeys(TASKS, 0)
+
+
+def test_a_latest_that_is_not_a_version_is_refused_with_one_line(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    client = redis.Redis.from_url(redis_url)
+    for task in TASKS:
+        client.set(f"segstream:model:{task}:latest", b"../../v1 with a payload")
+    with caplog.at_level(logging.WARNING, logger="segstream"):
+        assert ModelPublisher(redis_url, "segstream", Models()).restore() is False
+    [record] = caplog.records
+    assert "does not hold a version number" in record.getMessage() and "payload" not in record.getMessage()
+
+
+def test_without_a_key_no_snapshot_is_published_or_loaded(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    ModelPublisher(redis_url, "nokey", taught()).publish()  # a genuine snapshot is there
+    monkeypatch.delenv(KEY_ENV)
+    ModelPublisher(redis_url, "nokey", taught(10)).publish()
+    client = redis.Redis.from_url(redis_url)
+    assert client.get("nokey:model:churn:latest") == b"1" and client.get("nokey:model:churn:v2") is None
+    assert METRICS.models is not None and METRICS.models["churn"]["n_updates"] == 10  # the figures still go out
+    fresh = Models()
+    with caplog.at_level(logging.WARNING, logger="segstream"):
+        assert ModelPublisher(redis_url, "nokey", fresh).restore() is False
+    [record] = caplog.records
+    assert "not loaded without a key" in record.getMessage() and KEY_FILE_ENV in record.getMessage()
+    assert updates(fresh) == dict.fromkeys(TASKS, 0)
+
+
+def test_a_live_job_over_forged_snapshots_continues_from_fresh_models(redis_url: str, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    marker = tmp_path / "ran"
+    for task in TASKS:  # what anyone who can write Redis could leave for the job's next start
+        client.set(f"segstream:model:{task}:v1", _forged(marker))
+        client.set(f"segstream:model:{task}:latest", b"1")
+    for line in sample_lines(customers=40):
+        client.xadd("clicks", {"event": line})
+    out = tmp_path / "live"
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, KEY_FILE_ENV)}
+    key_file = tmp_path / "model.key"
+    key_file.write_text(MODEL_KEY + "\n")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--source", stream_source(redis_url, "clicks", "?group=jobs"),
+         "--redis-url", redis_url, "--now", str(NOW_MS), "--summary-out", str(out / "summary.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**env, KEY_FILE_ENV: str(key_file)},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: all_delivered(client, "clicks", "jobs"))
+        job.send_signal(signal.SIGINT)  # drains, publishes and exits 0
+        _, stderr = job.communicate(timeout=180)
+    finally:
+        job.kill()
+    assert job.returncode == 0, stderr
+    refused = [line for line in stderr.splitlines() if "model snapshot" in line]
+    assert len(refused) == 1 and "signature does not match" in refused[0], stderr
+    assert "Traceback" not in stderr and not marker.exists()
+    learnt = json.loads((out / "summary.json").read_text())["models"]["propensity"]["n_updates"]
+    assert 0 < learnt < 10**6  # from a fresh model, not from the forged snapshot's claim
+    registry = ModelRegistry(client, "segstream", MODEL_KEY.encode())
+    assert registry.latest_version("propensity") == 2  # after the forged v1, never over it
+    assert registry.load("propensity").n_updates == learnt
 
 
 def max_ts(path: Path) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import itertools
+import json
 import math
 import pickle
 import random
@@ -472,6 +474,9 @@ def test_validation_rejects_non_finite_predictions() -> None:
 
 # --- snapshots ---------------------------------------------------------------------------------
 
+KEY = b"test-model-key-0123456789"
+OTHER_KEY = b"someone-elses-key-987654"
+
 
 def trained(name: str = "logistic") -> OnlineModel:
     model = OnlineModel(name, {"grace_period": 30} if name == "hoeffding_adaptive_tree" else None)
@@ -480,38 +485,98 @@ def trained(name: str = "logistic") -> OnlineModel:
     return model
 
 
-@pytest.mark.parametrize("name", ["logistic", "hoeffding_adaptive_tree"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_dump_and_load_round_trip(name: str) -> None:
     model = trained(name)
-    data = dump_model(model)
+    data = dump_model(model, mac_key=KEY)
     header = read_header(data)
-    assert header["format"] == 1 and header["river"] == river.__version__
+    assert header["format"] == 2 and header["river"] == river.__version__
     assert header["model"] == name and header["n_updates"] == 100
-    assert header["params"] == model.params
-    restored = load_model(data)
+    assert header["params"] == model.params and len(header["mac"]) == 64
+    restored = load_model(data, mac_key=KEY)
     assert restored.n_updates == 100
     for x, _ in datasets.Phishing().take(20):
         assert restored.predict(x) == model.predict(x)
 
 
 def test_load_refuses_incompatible_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = dump_model(trained())
+    data = dump_model(trained(), mac_key=KEY)
     with pytest.raises(ValueError, match="bad magic"):
-        load_model(b"\x80\x04" + data)
-    future = data.replace(b'"format":1', b'"format":2')
-    with pytest.raises(ValueError, match="format 2 is not supported"):
-        load_model(future)
-    with pytest.raises(ValueError, match="checksum"):
-        load_model(data[:-10])
+        load_model(b"\x80\x04" + data, mac_key=KEY)
+    future = data.replace(b'"format":2', b'"format":3')
+    with pytest.raises(ValueError, match="format 3 is not supported"):
+        load_model(future, mac_key=KEY)
+    with pytest.raises(ValueError, match="signature does not match"):
+        load_model(data[:-10], mac_key=KEY)  # truncated
+    with pytest.raises(ValueError, match="signature does not match"):
+        load_model(data, mac_key=OTHER_KEY)
+    for no_key in (None, b""):
+        with pytest.raises(ValueError, match="no model key"):
+            load_model(data, mac_key=no_key)
+    with pytest.raises(ValueError, match="no model key"):
+        dump_model(trained(), mac_key=None)
     monkeypatch.setattr(snapshot_module.river, "__version__", "9.9.9")
     with pytest.raises(ValueError, match=r"written by river 0\.23"):
-        load_model(data)
-    assert load_model(data, allow_other_river=True).n_updates == 100
+        load_model(data, mac_key=KEY)
+    assert load_model(data, mac_key=KEY, allow_other_river=True).n_updates == 100
+
+
+class RunsCode:
+    """Unpickled, it creates ``marker``: the payload of a forged snapshot."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (self.marker.touch, ())
+
+
+def snapshot_of(header: dict, payload: bytes) -> bytes:
+    return snapshot_module.MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def test_a_forged_snapshot_is_refused_before_its_pickle_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(RunsCode(marker))
+    genuine = read_header(dump_model(trained(), mac_key=KEY))
+    unsigned = {k: v for k, v in genuine.items() if k != "mac"}
+    forgeries = {
+        "unsigned": (snapshot_of(unsigned, payload), "not signed"),
+        "the mac of a genuine snapshot": (snapshot_of(genuine, payload), "signature does not match"),
+        "signed with another key": (dump_model(RunsCode(marker), mac_key=OTHER_KEY), "signature does not match"),
+        "a mac that is not text": (snapshot_of({**unsigned, "mac": 12345}, payload), "not signed"),
+        "a mac that is not ASCII": (snapshot_of({**unsigned, "mac": "é" * 64}, payload), "signature does not match"),
+        "format 1 (checksum only)": (
+            snapshot_of({**unsigned, "format": 1, "sha256": hashlib.sha256(payload).hexdigest()}, payload),
+            "format 1 is not supported",
+        ),
+    }
+    for name, (forged, refusal) in forgeries.items():
+        with pytest.raises(ValueError, match=refusal):
+            load_model(forged, mac_key=KEY)
+        assert not marker.exists(), name
+    with pytest.raises(ValueError, match="no model key"):  # even one signed with the job's key, without a key
+        load_model(dump_model(RunsCode(marker), mac_key=KEY), mac_key=None)
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: loaded unchecked, it runs
+    assert marker.exists()
+
+
+SIGNED = dump_model(OnlineModel().learn({"x": 1.0}, True), mac_key=KEY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, len(SIGNED) * 8 - 1))
+def test_a_flipped_bit_anywhere_is_refused(bit: int) -> None:
+    flipped = bytearray(SIGNED)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(ValueError):
+        load_model(bytes(flipped), mac_key=KEY)
 
 
 def test_registry_versions_are_monotonic_in_a_dict_store() -> None:
     store = DictStore()
-    registry = ModelRegistry(store, prefix="p")
+    registry = ModelRegistry(store, prefix="p", mac_key=KEY)
     assert registry.latest_version("churn") is None
     with pytest.raises(LookupError):
         registry.load("churn")
@@ -531,14 +596,19 @@ def test_registry_versions_are_monotonic_in_a_dict_store() -> None:
 
 def test_registry_on_a_real_redis(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    registry = ModelRegistry(client, prefix="segtest")
+    registry = ModelRegistry(client, prefix="segtest", mac_key=KEY)
     model = trained()
     assert registry.publish("propensity", model) == 1
     assert registry.publish("propensity", model) == 2
     assert client.get("segtest:model:propensity:latest") == b"2"
     assert read_header(client.get("segtest:model:propensity:v1"))["n_updates"] == 100
     x = next(iter(datasets.Phishing()))[0]
-    assert ModelRegistry(client, prefix="segtest").load("propensity").predict(x) == model.predict(x)
+    assert ModelRegistry(client, prefix="segtest", mac_key=KEY).load("propensity").predict(x) == model.predict(x)
+    with pytest.raises(ValueError, match="signature does not match"):
+        ModelRegistry(client, prefix="segtest", mac_key=OTHER_KEY).load("propensity")
+    with pytest.raises(ValueError, match="no model key"):
+        ModelRegistry(client, prefix="segtest").publish("propensity", model)
+    assert client.get("segtest:model:propensity:latest") == b"2"
 
 
 # --- Models: the glue --------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Secrets and personal data stay out of everything a run leaves behind.
 
 A real run (the command line in-process, logging at DEBUG) with a Redis password, a webhook
-signing secret and an email salt, over a stream whose records carry clear email addresses in every
-shape the job meets (accepted, rejected, late, not JSON, oversized, a JSON array, a non-text email).
+signing secret, an email salt and a model key, over a stream whose records carry clear email
+addresses in every shape the job meets (accepted, rejected, late, not JSON, oversized, a JSON array,
+a non-text email).
 Then every byte the run produced is searched: stdout, stderr, every log record, the summary file,
 every output file, the webhook bodies received, every key and value in Redis and the metric labels.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -34,16 +36,28 @@ from prometheus_client import generate_latest
 from pipelines.cli import main
 from pipelines.job import JobSpec
 from pipelines.metrics import METRICS
+from pipelines.model_publisher import KEY_ENV, KEY_FILE_ENV, model_key
 from pipelines.webhook_receiver import WebhookReceiver
+from pipelines.webhooks import HttpSender, Signer
 from tests.conftest import NOW_MS, free_port, read_jsonl
 from tests.redis_tls import protected_redis
+from transforms.config import ConfigError, parse_config
 from transforms.identifiers import hash_email
 from transforms.sample_stream import sample_lines
+from transforms.subscribers import parse_webhooks, with_command_line
 
 REDIS_PASSWORD = "redis-Pw-4f1c9e2b7a"
 WEBHOOK_SECRET = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cy0xMjM0NTY3OA"
 SALT = "salt-Of-The-Test-8d2e5b"
-SECRETS = (REDIS_PASSWORD, urllib.parse.quote(REDIS_PASSWORD), WEBHOOK_SECRET, WEBHOOK_SECRET[len("whsec_") :], SALT)
+MODEL_KEY = "model-Key-of-the-Run-5e7a2c"
+SECRETS = (
+    REDIS_PASSWORD,
+    urllib.parse.quote(REDIS_PASSWORD),
+    WEBHOOK_SECRET,
+    WEBHOOK_SECRET[len("whsec_") :],
+    SALT,
+    MODEL_KEY,
+)
 # Every clear address in the input: the sample stream's (userN@example.com) and the crafted ones below.
 CLEAR_EMAIL = re.compile(r"[\w.+-]+@(?:example\.com|privacy\.test)", re.IGNORECASE)
 BASE_TS = 1_748_800_000_000  # inside the sample stream's days
@@ -172,6 +186,7 @@ def secret_run(
     try:
         with pytest.MonkeyPatch.context() as env, debug_logs() as logs:
             env.setenv("SEGSTREAM_EMAIL_SALT", SALT)
+            env.setenv(KEY_ENV, MODEL_KEY)  # signed model snapshots go to Redis, searched too
             result = CliRunner().invoke(main, args, catch_exceptions=False)
     finally:
         server.stop()
@@ -205,6 +220,7 @@ def test_the_run_went_through_every_path(secret_run: dict[str, Any]) -> None:
     reasons = {letter["reason"] for letter in read_jsonl(out / "dead_letters.jsonl")}
     assert {"unknown_event_type", "late", "malformed", "oversized", "wrong_type"} <= reasons
     assert "segstream_dead_letters_total" in secret_run["texts"]["metrics"]
+    assert "segstream:model:churn:v1" in secret_run["texts"]["redis"]  # signed with the model key, searched too
     if secret_run["engine"] == "flink":  # the JVM's and the embedded interpreter's logs
         assert any(where.startswith(str(FLINK_LOGS)) and text for where, text in secret_run["texts"].items())
     state = out / "state" / "customers.db"  # --resume: the customers saved for the next run, searched too
@@ -423,3 +439,219 @@ def test_salt_rotation_replays_into_a_fresh_prefix(
     assert not list(client.scan_iter(match="segstream:*"))
     assert client.hget("segstream-v2:identifiers", f"email:{new_hash}") == f"email:{new_hash}"
     assert len(list(client.scan_iter(match="segstream-v2:profile:*"))) == len(new)
+
+
+# Secrets from environment variables or files, never needed on the command line.
+
+ENV_WITH_A_KEY = {"SEGSTREAM_MODEL_KEY": "a-model-key-of-24-chars!"}
+OTHER_SECRET = "whsec_b3RoZXItc2lnbmluZy1zZWNyZXQtZm9yLXRlc3Rz"
+
+
+def test_the_model_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "model.key"
+    key_file.write_text("  a-model-key-from-a-file \n")
+    assert model_key(ENV_WITH_A_KEY) == b"a-model-key-of-24-chars!"
+    assert model_key({KEY_FILE_ENV: str(key_file)}) == b"a-model-key-from-a-file"
+    assert model_key({}) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "env", "message"),
+    [
+        (None, {KEY_FILE_ENV: "{dir}/missing.key"}, "SEGSTREAM_MODEL_KEY_FILE: cannot read {dir}/missing.key: No such"),
+        (None, {KEY_FILE_ENV: "{dir}"}, "SEGSTREAM_MODEL_KEY_FILE: cannot read {dir}: Is a directory"),
+        ("\n \n", {KEY_FILE_ENV: "{dir}/model.key"}, "SEGSTREAM_MODEL_KEY_FILE: {dir}/model.key is empty"),
+        ("first-key-of-16-bytes\nsecond-key-of-16-bytes\n", {KEY_FILE_ENV: "{dir}/model.key"}, "must hold one line"),
+        ("short-Key-7\n", {KEY_FILE_ENV: "{dir}/model.key"}, "MODEL_KEY_FILE: the model key must be at least 16"),
+        (None, {KEY_ENV: "short-Key-7"}, "SEGSTREAM_MODEL_KEY: the model key must be at least 16 bytes"),
+        (None, {KEY_FILE_ENV: ""}, "SEGSTREAM_MODEL_KEY_FILE is set but empty"),
+        (None, {KEY_FILE_ENV: "{dir}/model.key", KEY_ENV: "a-model-key-of-24-chars!"}, "not both"),
+    ],
+)  # fmt: skip
+def test_a_bad_model_key_is_one_clear_line_without_the_key(
+    content: str | None, env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    if content is not None:
+        (tmp_path / "model.key").write_text(content)
+    env = {name: value.format(dir=tmp_path) for name, value in env.items()}
+    with pytest.raises(ValueError) as error:
+        model_key(env)
+    assert message.format(dir=tmp_path) in str(error.value) and "\n" not in str(error.value)
+    assert "short-Key-7" not in str(error.value) and "first-key" not in str(error.value)
+
+
+def test_the_job_refuses_a_bad_model_key_and_warns_without_one(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(sample_lines(customers=3)) + "\n", encoding="utf-8")
+    args = ["run", "--engine", "core", "--source", str(source), "--redis-url", redis_url, "--now", str(NOW_MS)]
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "missing.key"))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"Error: {KEY_FILE_ENV}: cannot read {tmp_path}/missing.key: No such file or directory"
+    )
+    monkeypatch.delenv(KEY_FILE_ENV)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"warning: without {KEY_FILE_ENV} or {KEY_ENV} model snapshots are neither published" in result.stderr
+    assert not redis.Redis.from_url(redis_url).keys("segstream:model:*")
+
+
+def test_run_signs_with_the_secrets_of_a_file(redis_url: str, tmp_path: Path) -> None:
+    secrets = tmp_path / "webhook.secrets"
+    secrets.write_text(f"{WEBHOOK_SECRET}\n\n  {OTHER_SECRET}  \n")  # one per line; blank lines, spaces ignored
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(sample_lines(customers=20)) + "\n", encoding="utf-8")
+    receiver = WebhookReceiver([OTHER_SECRET], tmp_path / "received.jsonl")  # only the file's second secret
+    server = receiver.serve()
+    try:
+        result = CliRunner().invoke(
+            main,
+            ["run", "--engine", "core", "--source", str(source), "--redis-url", redis_url, "--now", str(NOW_MS),
+             "--webhook", server.url],
+            env={"SEGSTREAM_WEBHOOK_SECRET_FILE": str(secrets), "SEGSTREAM_WEBHOOK_SECRET": None},
+        )  # fmt: skip
+    finally:
+        server.stop()
+        receiver.close()
+    assert result.exit_code == 0, result.output
+    assert receiver.accepted > 0 and receiver.rejected == 0
+
+
+@pytest.mark.parametrize("command", ["run", "webhook-receiver"])
+@pytest.mark.parametrize(
+    ("content", "given", "message"),
+    [
+        (None, "missing", "-file: cannot read {path}: No such file or directory"),
+        ("\n  \n", "file", "-file: {path} is empty"),
+        ("not-a-whsec-Secret\n", "file", "-file: a webhook secret starts with 'whsec_'"),
+        (f"{WEBHOOK_SECRET}\n", "file and option", "-file and --"),
+    ],
+)
+def test_a_bad_webhook_secret_file_is_one_clear_line_without_its_content(
+    command: str, content: str | None, given: str, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / ("missing" if given == "missing" else "secrets")
+    if content is not None:
+        path.write_text(content)
+    option = "--webhook-secret" if command == "run" else "--secret"
+    source = tmp_path / "events.jsonl"
+    source.write_text(next(iter(sample_lines(customers=1))) + "\n", encoding="utf-8")
+    args = ["--source", str(source), "--webhook", "http://127.0.0.1:9/h"] if command == "run" else []
+    env = {"SEGSTREAM_WEBHOOK_SECRET_FILE": str(path), "SEGSTREAM_WEBHOOK_SECRET": None}
+    if given == "file and option":
+        env["SEGSTREAM_WEBHOOK_SECRET"] = OTHER_SECRET
+    result = CliRunner().invoke(main, [command, *args], env=env)
+    assert result.exit_code == 2
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert line.startswith(f"Error: {option}") and message.format(path=path) in line
+    assert "not-a-whsec" not in line and WEBHOOK_SECRET not in line and OTHER_SECRET not in line
+
+
+def test_the_webhook_receiver_needs_a_secret() -> None:
+    result = CliRunner().invoke(
+        main, ["webhook-receiver"], env={"SEGSTREAM_WEBHOOK_SECRET": None, "SEGSTREAM_WEBHOOK_SECRET_FILE": None}
+    )
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        == "Error: webhook-receiver needs --secret-file FILE or SEGSTREAM_WEBHOOK_SECRET_FILE (or --secret)"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_the_webhook_receiver_reads_its_secret_from_a_file_out_of_the_process_list(tmp_path: Path) -> None:
+    secrets = tmp_path / "webhook.secrets"
+    secrets.write_text(WEBHOOK_SECRET + "\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_WEBHOOK_SECRET")}
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "webhook-receiver", "--port", str(port), "--out",
+         str(tmp_path / "received.jsonl")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "SEGSTREAM_WEBHOOK_SECRET_FILE": str(secrets)},
+    )  # fmt: skip
+    try:
+        body = json.dumps({"change_id": "c1"})
+        sender = HttpSender(f"http://127.0.0.1:{port}/hooks", timeout_ms=1_000)
+        deadline = time.monotonic() + 30
+        while (
+            attempt := sender.post(body.encode(), Signer([WEBHOOK_SECRET]).headers("c1", body, time.time()))
+        ).status is None:
+            assert time.monotonic() < deadline, attempt.error
+            time.sleep(0.1)
+        assert attempt.status == 204
+        assert sender.post(body.encode(), Signer([OTHER_SECRET]).headers("c2", body, time.time())).status == 401
+        sender.close()
+        command_line = " ".join(psutil.Process(receiver.pid).cmdline())
+        assert "webhook-receiver" in command_line and WEBHOOK_SECRET[len("whsec_") :] not in command_line
+        receiver.send_signal(signal.SIGINT)
+        stdout, stderr = receiver.communicate(timeout=30)
+    finally:
+        receiver.kill()
+    assert receiver.returncode == 0, stderr
+    assert "accepted 1" in stdout
+
+
+SUBSCRIBER = {"name": "crm", "url": "https://crm.example/hook"}
+
+
+def test_a_config_file_names_where_its_secrets_are_and_holds_none(tmp_path: Path) -> None:
+    secrets = tmp_path / "crm.secrets"
+    secrets.write_text(f"{WEBHOOK_SECRET}\n{OTHER_SECRET}\n")
+    segments = {"big": {"feature": "spend", ">=": 100}}
+
+    def subscribers(webhooks: dict[str, Any], env: dict[str, str]) -> dict[str, tuple[str, ...]]:
+        config = parse_config({"segments": segments, "webhooks": webhooks}, env=env)
+        return {s.name: s.secrets for s in config.webhooks.subscribers}
+
+    from_file = {"subscribers": [{**SUBSCRIBER, "secrets_file": str(secrets)}]}
+    assert subscribers(from_file, {}) == {"crm": (WEBHOOK_SECRET, OTHER_SECRET)}
+    from_env = {"subscribers": [{**SUBSCRIBER, "secrets_env": "CRM_SECRETS"}]}
+    assert subscribers(from_env, {"CRM_SECRETS": f"{WEBHOOK_SECRET} {OTHER_SECRET}"}) == {
+        "crm": (WEBHOOK_SECRET, OTHER_SECRET)
+    }
+    inherited = {  # the defaults' source for every subscriber; a subscriber's own replaces it
+        "defaults": {"secrets_file": str(secrets)},
+        "subscribers": [SUBSCRIBER, {"name": "erp", "url": "https://erp.example/hook", "secrets_env": "ERP"}],
+    }
+    assert subscribers(inherited, {"ERP": OTHER_SECRET}) == {
+        "crm": (WEBHOOK_SECRET, OTHER_SECRET),
+        "erp": (OTHER_SECRET,),
+    }
+    merged = with_command_line(
+        parse_webhooks(inherited, env={"ERP": OTHER_SECRET}), ["https://x.example/"], [OTHER_SECRET]
+    )
+    assert merged.subscribers[-1].secrets == (OTHER_SECRET,)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"secrets_env": "UNSET_VARIABLE"}, "secrets_env: environment variable UNSET_VARIABLE is not set or empty"),
+        ({"secrets_file": "{dir}/missing"}, "webhooks.subscribers[0].secrets_file: cannot read {dir}/missing: No such"),
+        ({"secrets_file": "{dir}/bad"}, "webhooks.subscribers[0].secrets_file: a webhook secret starts with 'whsec_'"),
+        ({"secrets_file": "{dir}/empty"}, "webhooks.subscribers[0].secrets_file: {dir}/empty is empty"),
+        ({"secrets_file": ["a", "b"]}, "webhooks.subscribers[0].secrets_file must be a file name"),
+        ({"secrets_env": ""}, "webhooks.subscribers[0].secrets_env must be a name"),
+        ({"secrets": [WEBHOOK_SECRET], "secrets_file": "{dir}/bad"}, "got secrets and secrets_file"),
+        ({}, "secrets is required: secrets_file: FILE or secrets_env: VARIABLE"),
+    ],
+)  # fmt: skip
+def test_bad_secret_sources_in_the_config_are_clear_errors(
+    settings: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "bad").write_text("not-a-whsec-Secret\n")
+    (tmp_path / "empty").write_text("\n")
+    settings = {k: v.format(dir=tmp_path) if isinstance(v, str) else v for k, v in settings.items()}
+    document = {
+        "segments": {"big": {"feature": "spend", ">=": 1}},
+        "webhooks": {"subscribers": [{**SUBSCRIBER, **settings}]},
+    }
+    with pytest.raises(ConfigError) as error:
+        parse_config(document, env={})
+    assert message.format(dir=tmp_path) in str(error.value) and "not-a-whsec" not in str(error.value)

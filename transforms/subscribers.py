@@ -1,10 +1,17 @@
 """Webhook subscribers: the ``webhooks`` section of the job configuration, or ``--webhook`` options.
 
+A subscriber's signing secrets come from ``secrets_env`` (an environment variable: secrets
+separated by whitespace) or ``secrets_file`` (a file: one per line), so the configuration file
+holds no secret; ``secrets`` (literal ``whsec_...`` values) is for tests and demos.
+
 >>> config = parse_webhooks({"subscribers": [{"name": "crm", "url": "https://crm.example/hook",
-...     "secrets": ["whsec_c2VjcmV0"], "segments": ["big_spender"], "timeout": "2s"}]})
+...     "secrets_env": "CRM_SECRET", "segments": ["big_spender"], "timeout": "2s"}]},
+...     env={"CRM_SECRET": "whsec_c2VjcmV0"})
 >>> crm = config.subscribers[0]
 >>> crm.timeout_ms, crm.wants("big_spender"), crm.wants("recent_buyer"), crm.retry.max_age_ms
 (2000, True, False, 14400000)
+>>> crm.secrets
+('whsec_c2VjcmV0',)
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from transforms.backoff import Backoff
@@ -23,8 +32,9 @@ from transforms.rules import duration_setting
 
 SECRET_PREFIX = "whsec_"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SECRET_KEYS = ("secrets", "secrets_env", "secrets_file")  # one of them: where the signing secrets come from
 _SETTINGS = {
-    "secrets",
+    *_SECRET_KEYS,
     "segments",
     "timeout",
     "rate_limit",
@@ -82,6 +92,49 @@ def check_secret(secret: str, where: str = "secret") -> str:
     return secret
 
 
+def read_secrets(path: str | Path, where: str) -> tuple[str, ...]:
+    """The secrets in the file ``path``, one per line (surrounding whitespace and blank lines
+    ignored); ValueError starting with ``where`` when it cannot be read or holds none."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"{where}: cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: {path} is not UTF-8 text") from None
+    secrets = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not secrets:
+        raise ValueError(f"{where}: {path} is empty")
+    return secrets
+
+
+def _secrets(settings: Mapping[str, object], where: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    """A subscriber's signing secrets, from the one of ``secrets``, ``secrets_env``, ``secrets_file`` given."""
+    given = [key for key in _SECRET_KEYS if key in settings]
+    if not given:
+        raise WebhookConfigError(
+            f"{where}: secrets is required: secrets_file: FILE or secrets_env: VARIABLE (whsec_ + base64, e.g. "
+            "of `openssl rand 32`), or secrets: [whsec_...]"
+        )
+    if len(given) > 1:
+        raise WebhookConfigError(f"{where}: give one of secrets_file, secrets_env, secrets; got {' and '.join(given)}")
+    key = given[0]
+    value = settings[key]
+    if key == "secrets":
+        found = _strings(value, f"{where}.secrets")
+    elif not isinstance(value, str) or not value:
+        raise WebhookConfigError(f"{where}.{key} must be {'a file name' if key == 'secrets_file' else 'a name'}")
+    elif key == "secrets_env":
+        found = tuple(env.get(value, "").split())
+        if not found:
+            raise WebhookConfigError(f"{where}.secrets_env: environment variable {value} is not set or empty")
+    else:
+        try:
+            found = read_secrets(value, f"{where}.secrets_file")
+        except ValueError as error:
+            raise WebhookConfigError(str(error)) from None
+    return tuple(check_secret(secret, f"{where}.{key}") for secret in found)
+
+
 def default_name(url: str) -> str:
     """A stable name for a subscriber given by URL only (its queue survives restarts)."""
     return "hook-" + hashlib.sha256(url.encode()).hexdigest()[:10]
@@ -118,9 +171,13 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
 
 
 def make_subscriber(
-    settings: Mapping[str, object], where: str, known_segments: Collection[str] | None = None
+    settings: Mapping[str, object],
+    where: str,
+    known_segments: Collection[str] | None = None,
+    env: Mapping[str, str] = os.environ,
 ) -> Subscriber:
-    """Validate one subscriber mapping (``name``, ``url`` and the settings of the README)."""
+    """Validate one subscriber mapping (``name``, ``url`` and the settings of the README);
+    ``env``: where ``secrets_env`` is looked up."""
     unknown = set(settings) - _SUBSCRIBER_KEYS
     if unknown:
         raise WebhookConfigError(f"{where}: unknown key(s): {', '.join(sorted(map(str, unknown)))}")
@@ -130,9 +187,7 @@ def make_subscriber(
     name = str(settings.get("name") or default_name(url))
     if not _NAME.match(name):
         raise WebhookConfigError(f"{where}: name {name!r} may use letters, digits, '_', '.', '-' (at most 64)")
-    if "secrets" not in settings:
-        raise WebhookConfigError(f"{where}: secrets is required (whsec_ + base64, e.g. of `openssl rand 32`)")
-    secrets = tuple(check_secret(s, f"{where}.secrets") for s in _strings(settings["secrets"], f"{where}.secrets"))
+    secrets = _secrets(settings, where, env)
     segments = None
     if "segments" in settings:
         segments = frozenset(_strings(settings["segments"], f"{where}.segments"))
@@ -162,9 +217,12 @@ def make_subscriber(
     )
 
 
-def parse_webhooks(section: object, known_segments: Collection[str] | None = None) -> WebhooksConfig:
+def parse_webhooks(
+    section: object, known_segments: Collection[str] | None = None, env: Mapping[str, str] = os.environ
+) -> WebhooksConfig:
     """The ``webhooks`` section: ``subscribers`` (a list), ``defaults`` (settings every subscriber
-    inherits) and ``drain_timeout``. ``known_segments``: segment names a filter may use."""
+    inherits) and ``drain_timeout``. ``known_segments``: segment names a filter may use; ``env``:
+    where ``secrets_env`` is looked up."""
     if section is None:
         return WebhooksConfig()
     if not isinstance(section, Mapping):
@@ -183,12 +241,19 @@ def parse_webhooks(section: object, known_segments: Collection[str] | None = Non
         where = f"webhooks.subscribers[{n}]"
         if not isinstance(entry, Mapping):
             raise WebhookConfigError(f"{where} must be a mapping")
-        subscribers.append(make_subscriber({**defaults, **entry}, where, known_segments))
+        subscribers.append(make_subscriber(_inherit(defaults, entry), where, known_segments, env))
     return WebhooksConfig(
         subscribers=unique(subscribers),
         drain_timeout_ms=_duration(section, "drain_timeout", "webhooks", WebhooksConfig().drain_timeout_ms),
         defaults=dict(defaults),
     )
+
+
+def _inherit(defaults: Mapping[str, object], settings: Mapping[str, object]) -> dict[str, object]:
+    """``settings`` over ``defaults``; secrets given in ``settings`` replace the defaults' whatever their key."""
+    if any(key in settings for key in _SECRET_KEYS):
+        defaults = {key: value for key, value in defaults.items() if key not in _SECRET_KEYS}
+    return {**defaults, **settings}
 
 
 def unique(subscribers: Sequence[Subscriber]) -> tuple[Subscriber, ...]:
@@ -201,11 +266,15 @@ def unique(subscribers: Sequence[Subscriber]) -> tuple[Subscriber, ...]:
 
 
 def with_command_line(config: WebhooksConfig, urls: Sequence[str], secrets: Sequence[str]) -> WebhooksConfig:
-    """``config`` plus one subscriber per ``--webhook`` URL, each signed with every ``--webhook-secret``
-    and given the config's ``webhooks.defaults``."""
+    """``config`` plus one subscriber per ``--webhook`` URL, each signed with every one of ``secrets``
+    (``--webhook-secret-file`` or ``--webhook-secret``) and given the config's other ``webhooks.defaults``."""
     if not urls:
         return config
     if not secrets:
-        raise WebhookConfigError("--webhook needs --webhook-secret whsec_... (or SEGSTREAM_WEBHOOK_SECRET)")
-    extra = [make_subscriber({**config.defaults, "url": url, "secrets": list(secrets)}, "--webhook") for url in urls]
+        raise WebhookConfigError(
+            "--webhook needs --webhook-secret-file FILE or SEGSTREAM_WEBHOOK_SECRET_FILE (or SEGSTREAM_WEBHOOK_SECRET)"
+        )
+    extra = [
+        make_subscriber(_inherit(config.defaults, {"url": url, "secrets": list(secrets)}), "--webhook") for url in urls
+    ]
     return replace(config, subscribers=unique([*config.subscribers, *extra]))
