@@ -15,7 +15,9 @@ caller keeps it (keyed state) and hands it back:
    :meth:`Models.score`); then each is first predicted (progressive validation), then learnt.
    :meth:`Models.flush` learns the waiting ones at once (before a model snapshot, a summary and the
    final profiles);
-4. ``models.score(features, now)`` for the profile;
+4. ``models.score(features, now)`` for the profile; of a customer silent since ``last_seen``,
+   ``models.score_in_silence(features_at, last_seen, now)`` (churn never falls and propensity never
+   rises as the silence grows; see there);
 5. a silent customer: before its next event and at each revisit (a timer at
    ``models.next_revisit(last_seen, now)``), ``models.observe(pending, features_at_t, "silence", t)``
    for each ``t`` in ``models.silent_points(pending, last_seen, until)``, then at a revisit a
@@ -43,7 +45,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -53,6 +55,8 @@ from online_models.pipelines import DEFAULT_MODEL, OnlineModel, clean_features
 from online_models.validation import ProgressiveValidation
 
 SCORE_KEYS = {"churn": "churn_score", "propensity": "propensity_score"}
+# As silence grows a score may only move this way: churn never falls, propensity never rises.
+IN_SILENCE = {"churn_score": max, "propensity_score": min}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,12 @@ class Models:
             task: ProgressiveValidation(s.validation_window, s.calibration_bins) for task in TASKS
         }
         self.waiting: list[Example] = []  # labelled, not learnt yet (see learn)
+        self.coverage = {task: SilenceCoverage() for task in TASKS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also models saved before the silence coverage was kept."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("coverage", {task: SilenceCoverage() for task in TASKS})
 
     def new_pending(self) -> dict[str, PendingLabels]:
         """A new customer's empty pending labels, one per task."""
@@ -130,6 +140,61 @@ class Models:
         if self._waited(now):
             self.flush()
         return {SCORE_KEYS[task]: model.predict_clean(features) for task, model in self.models.items()}
+
+    def score_in_silence(
+        self, features_at: Callable[[int], dict[str, float]], last_seen: int, now: int
+    ) -> dict[str, float]:
+        """The scores of a customer silent since ``last_seen``, as of ``now``: monotone in the
+        silence for every model, churn never falling and propensity never rising.
+
+        ``features_at(t)`` gives the customer's cleaned features as of ``t`` (the same history, a
+        silence of ``t - last_seen``); ``now`` is at or after ``last_seen``. The models are read at
+        the silence points ``last_seen + k *`` :attr:`silence_step` for ``k`` = 0, 1, 2, 4, 8, ...;
+        each point's scores are held to the earlier points' (the highest churn and lowest
+        propensity so far), and between two points the scores go linearly from one held value to
+        the next. So a score moves only one way as the silence grows, and is the model's own at a
+        silence of 0 (a customer's event).
+
+        Why: the models learn from labels whose horizon has passed, so no label has seen more than
+        about one horizon of silence; beyond it a model extrapolates, and a linear one reading
+        recencies and their logs can do so the wrong way (a customer silent for 300 days scored less
+        likely to churn than one silent for 150). Holding the scores to the shorter silences keeps
+        the order that the labelled range taught.
+
+        >>> models = Models(ModelSettings(learn_batch=1))
+        >>> for days in (1.0, 5.0, 10.0, 30.0, 60.0, 80.0):  # churn taught up to 80 days of silence
+        ...     _ = models.learn([Example("churn", {"days_since_seen": days}, days > 20, 0, 0)])
+        >>> silence = lambda t: {"days_since_seen": t / DAY_MS}
+        >>> churn = [models.score_in_silence(silence, 0, d * DAY_MS)["churn_score"] for d in (0, 7, 15, 60, 300)]
+        >>> churn == sorted(churn) and churn[0] < churn[-1]
+        True
+        """
+        if self._waited(now):
+            self.flush()
+        for coverage in self.coverage.values():
+            coverage.scored(now - last_seen)
+        held: dict[str, float] | None = None
+        start = last_seen
+        for point in self._silence_points(last_seen):
+            scores = {SCORE_KEYS[task]: model.predict_clean(features_at(point)) for task, model in self.models.items()}
+            if held is not None:
+                scores = {name: IN_SILENCE[name](value, held[name]) for name, value in scores.items()}
+            if point == now:
+                return scores
+            if point > now:  # between the last point and this one (now >= last_seen: held is set)
+                share = (now - start) / (point - start)
+                assert held is not None
+                return {name: held[name] + (value - held[name]) * share for name, value in scores.items()}
+            held, start = scores, point
+        raise AssertionError("unreachable: the silence points grow without end")
+
+    def _silence_points(self, last_seen: int) -> Iterator[int]:
+        """``last_seen``, then ``last_seen + k * silence_step`` for ``k`` = 1, 2, 4, 8, ..."""
+        yield last_seen
+        step = self.silence_step
+        while True:
+            yield last_seen + step
+            step *= 2
 
     def observe(
         self,
@@ -246,6 +311,7 @@ class Models:
             model, features = self.models[example.task], clean_features(example.features)
             self.validation[example.task].update(model.predict_clean(features), example.label)
             model.learn_clean(features, example.label)
+            self.coverage[example.task].learnt(features)
         return len(waiting)
 
     def summary(self) -> dict[str, dict[str, Any]]:
@@ -257,6 +323,42 @@ class Models:
                 "model": self.models[task].name,
                 "n_updates": self.models[task].n_updates,
                 "validation": self.validation[task].summary(),
+                "silence": self.coverage[task].summary(),
             }
             for task in TASKS
+        }
+
+
+@dataclass(slots=True)
+class SilenceCoverage:
+    """Progressive validation's blind spot: it sees only snapshots whose label horizon has passed,
+    so no more silence than the labels covered. This counts the scores computed at a longer silence
+    than any learnt example had (``days_since_seen``), where the models extrapolate
+    (:meth:`Models.score_in_silence` holds them to the covered range).
+
+    >>> coverage = SilenceCoverage()
+    >>> coverage.learnt({"days_since_seen": 30.0}); coverage.scored(10 * DAY_MS); coverage.scored(45 * DAY_MS)
+    >>> coverage.summary()
+    {'covered_days': 30.0, 'scored': 2, 'scored_beyond': 1}
+    """
+
+    covered_ms: float = 0.0  # the longest silence a learnt example had
+    scored_count: int = 0
+    beyond: int = 0
+
+    def learnt(self, features: Mapping[str, float]) -> None:
+        silence = features.get("days_since_seen")
+        if silence is not None and silence * DAY_MS > self.covered_ms:
+            self.covered_ms = silence * DAY_MS
+
+    def scored(self, silence_ms: int) -> None:
+        self.scored_count += 1
+        if silence_ms > self.covered_ms:
+            self.beyond += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "covered_days": round(self.covered_ms / DAY_MS, 2),
+            "scored": self.scored_count,
+            "scored_beyond": self.beyond,
         }

@@ -9,7 +9,8 @@ Names (``kind``: time features are epoch ms, the rest numbers):
 - RFM: ``rfm.recency``, ``rfm.frequency``, ``rfm.monetary`` (quintile scores 1..5 against the
   current population of buyers, 0 before a first purchase; see :mod:`transforms.rfm`);
 - model scores (with the models on): ``churn_score``, ``propensity_score`` (probabilities 0..1 of
-  the online models in :mod:`online_models`, computed when read).
+  the online models in :mod:`online_models`, computed when read; as a customer's silence grows
+  churn never falls and propensity never rises: :meth:`online_models.Models.score_in_silence`).
 
 >>> from transforms.windows import WindowSpec
 >>> model = ProfileModel(ProfileConfig(windows=(WindowSpec("1d", 86_400_000, 3_600_000),)))
@@ -175,10 +176,17 @@ class ProfileModel:
         self, state: ProfileState, now: int, features: dict[str, float] | None = None
     ) -> dict[str, float | None]:
         """``churn_score`` and ``propensity_score`` as of ``now`` (None with the models off or before
-        the customer's first event); ``features``: its :func:`model_features` at ``now``, if known."""
-        if self.models is None or state.features.last_seen is None:
+        the customer's first event), monotone in the customer's silence
+        (:meth:`online_models.Models.score_in_silence`); ``features``: its :func:`model_features`
+        at ``now``, if known."""
+        last = state.features.last_seen
+        if self.models is None or last is None:
             return dict.fromkeys(SCORE_FEATURES)
-        scores = self.models.score_clean(model_features(self, state, now) if features is None else features, now)
+
+        def features_at(t: int) -> dict[str, float]:
+            return features if features is not None and t == now else model_features(self, state, t)
+
+        scores = self.models.score_in_silence(features_at, last, max(now, last))
         return {name: round(value, 6) for name, value in scores.items()}
 
     def render(
