@@ -112,6 +112,12 @@ class JobMetrics:
             ["task"],
             registry=self.registry,
         )
+        self.model_scored_beyond = Gauge(
+            "segstream_model_scores_beyond_labels",
+            "Scores computed at a longer silence than any learnt label had (the models extrapolate there)",
+            ["task"],
+            registry=self.registry,
+        )
         self.models: dict[str, Any] = {}  # the latest model summary, per task (for the run summary)
         self.live = False
 
@@ -121,6 +127,7 @@ class JobMetrics:
         for task, figures in summary.items():
             validation = figures["validation"]
             self.model_updates.labels(task).set(figures["n_updates"])
+            self.model_scored_beyond.labels(task).set(figures["silence"]["scored_beyond"])
             for gauge, key in (
                 (self.model_auc, "roc_auc"),
                 (self.model_log_loss, "log_loss"),

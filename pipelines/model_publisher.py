@@ -80,7 +80,16 @@ class ModelPublisher:
             for task, model in self.models.models.items():  # a version twice after a retry: harmless
                 retrying(lambda _, task=task, model=model: self.registry.publish(task, model), "publish a model")
         self.published_at = self._updates()
-        METRICS.record_models(self.models.summary())
+        summary = self.models.summary()
+        METRICS.record_models(summary)
+        for task, figures in summary.items():
+            silence = figures["silence"]
+            if figures["n_updates"] and silence["scored_beyond"]:
+                LOG.warning(
+                    "models: %d of %d %s scores were computed at a longer silence than the %.1f days its labels "
+                    "covered; progressive validation cannot see them (they are held to the covered range)",
+                    silence["scored_beyond"], silence["scored"], task, silence["covered_days"],
+                )  # fmt: skip
 
     def follow(self, models: Models) -> None:
         """Publish ``models`` from now on (the engine restored them from its checkpoint)."""

@@ -510,3 +510,20 @@ def max_ts(path: Path) -> int:
         except (ValueError, KeyError, TypeError):
             continue
     return max(stamps)
+
+
+def test_scores_beyond_the_silence_the_labels_covered_are_counted_and_logged(
+    sample_file: Path, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    summary_path = tmp_path / "summary.json"
+    args = ["--source", str(sample_file), "--redis-url", redis_url, "--summary-out", str(summary_path)]
+    with caplog.at_level(logging.WARNING, logger="segstream"):
+        run(*args, "--as-of", str(max_ts(sample_file) + 400 * DAY))  # final profiles after 400 silent days
+    summary = json.loads(summary_path.read_text())
+    for task in TASKS:
+        silence = summary["models"][task]["silence"]
+        assert 0 < silence["covered_days"] < 400
+        # every final profile is scored beyond what the labels covered
+        assert summary["customers"] <= silence["scored_beyond"] <= silence["scored"]
+    warnings = [r.getMessage() for r in caplog.records if "longer silence" in r.getMessage()]
+    assert len(warnings) == len(TASKS) and all("progressive validation cannot see them" in w for w in warnings)

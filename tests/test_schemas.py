@@ -132,6 +132,9 @@ RUN_SUMMARIES = st.fixed_dictionaries(
                             ),
                         }
                     ),
+                    "silence": st.fixed_dictionaries(
+                        {"covered_days": DOUBLES, "scored": LONGS, "scored_beyond": LONGS}
+                    ),
                 }
             ),
         ),
@@ -364,6 +367,8 @@ REJECTED = [
     {"event_id": "e", "type": "purchase", "ts": TS_MS, "user_id": "u", "order_id": "o", "amount": "NaN"},
     {"event_id": "e", "type": "purchase", "ts": TS_MS, "user_id": "u", "order_id": "o", "amount": 1, "currency": "X"},
     {"event_id": "e", "type": "page_view", "ts": TS_MS, "user_id": "u", "quantity": 0, "extra": {"a": [1, None]}},
+    {"event_id": "e", "type": "refund", "ts": TS_MS, "user_id": "u", "order_id": "o", "amount": 2e9, "currency": "EUR"},
+    {"event_id": "e", "type": "page_view", "ts": TS_MS, "user_id": "u", "extra": float("nan")},  # Avro: a double NaN
 ]
 
 
@@ -377,6 +382,8 @@ def test_dead_letters_from_cleaning_validate() -> None:
     assert all(isinstance(letter, DeadLetter) for letter in letters)
     records = validate_all("DeadLetter", (letter.to_dict() for letter in letters))
     assert len({r["reason"] for r in records}) >= 9
+    pairs = [(r["reason"], r["field"]) for r in records]
+    assert pairs[-2:] == [("out_of_range", "amount"), ("invalid_number", "extra")]
 
 
 def test_dead_letters_from_sources_validate(tmp_path: Path) -> None:
