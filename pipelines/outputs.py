@@ -24,8 +24,10 @@ class JsonLinesWriter:
         self._handle: IO[str] | None = path.open("a", encoding="utf-8") if path is not None else None
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record``; strict JSON: a NaN or an infinity raises ValueError (cleaning keeps them out)."""
         if self._handle is not None:
-            self._handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            self._handle.write(line + "\n")
 
     def flush(self) -> None:
         if self._handle is not None:

@@ -23,8 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.job import clean_record
-from pipelines.sources import RawRecord, read_records
-from transforms.cleaning import DAY_MS, KNOWN_FIELDS, Cleaner, CleaningConfig
+from pipelines.sources import RawRecord, decode_json, read_records
+from transforms.cleaning import DAY_MS, KNOWN_FIELDS, MAX_AMOUNT_CEILING, MAX_QUANTITY_CEILING, Cleaner, CleaningConfig
+from transforms.config import ConfigError, parse_config
 from transforms.currencies import iso4217_codes
 from transforms.dead_letters import DeadLetter, Reason
 from transforms.events import EVENT_TYPES, Event
@@ -234,6 +235,16 @@ REJECTIONS = [
     pytest.param(page_view(quantity=0), Reason.OUT_OF_RANGE, "quantity", id="quantity-zero"),
     pytest.param(page_view(quantity=-1), Reason.OUT_OF_RANGE, "quantity", id="quantity-negative"),
     pytest.param(page_view(quantity="0"), Reason.OUT_OF_RANGE, "quantity", id="quantity-zero-str"),
+    pytest.param(purchase(amount=1e308), Reason.OUT_OF_RANGE, "amount", id="amount-1e308"),
+    pytest.param(purchase(amount="1e308"), Reason.OUT_OF_RANGE, "amount", id="amount-1e308-str"),
+    pytest.param(purchase(amount=10**300), Reason.OUT_OF_RANGE, "amount", id="amount-huge-int"),
+    pytest.param(purchase(amount=math.nextafter(1e9, math.inf)), Reason.OUT_OF_RANGE, "amount", id="amount-above-max"),
+    pytest.param(refund(amount=-1e308), Reason.OUT_OF_RANGE, "amount", id="refund-amount-minus-1e308"),
+    pytest.param(page_view(price=1e300, quantity=1e20), Reason.OUT_OF_RANGE, "price", id="price-1e300"),
+    pytest.param(page_view(price=1e9 + 0.01), Reason.OUT_OF_RANGE, "price", id="price-above-max"),
+    pytest.param(page_view(quantity=1e20), Reason.OUT_OF_RANGE, "quantity", id="quantity-1e20"),
+    pytest.param(page_view(quantity=1_000_001), Reason.OUT_OF_RANGE, "quantity", id="quantity-above-max"),
+    pytest.param(page_view(price=1e5, quantity=10_001), Reason.OUT_OF_RANGE, "price", id="line-value-above-max"),
     # invalid_currency
     pytest.param(purchase(currency="XYZ"), Reason.INVALID_CURRENCY, "currency", id="currency-unknown-code"),
     pytest.param(purchase(currency="euro"), Reason.INVALID_CURRENCY, "currency", id="currency-name"),
@@ -757,3 +768,210 @@ def test_every_line_is_accounted_for(lines: list[tuple[str, str]]) -> None:
             assert isinstance(result, DeadLetter) and result.reason == str(Reason.MALFORMED)
         elif kind == "oversized":
             assert isinstance(result, DeadLetter) and result.reason == str(Reason.OVERSIZED)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded numbers: cleaning.max_amount and cleaning.max_quantity
+# --------------------------------------------------------------------------------------------------
+
+LIMITS = CleaningConfig(email_salt=SALT)  # the defaults: max_amount 1e9, max_quantity 1,000,000
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(purchase(amount=1e9), id="amount-at-max"),
+        pytest.param(purchase(amount="1000000000"), id="amount-at-max-str"),
+        pytest.param(purchase(amount=1e-308), id="amount-tiny"),
+        pytest.param(purchase(amount=5e-324), id="amount-subnormal"),
+        pytest.param(page_view(price=1e9), id="price-at-max"),
+        pytest.param(page_view(quantity=1_000_000), id="quantity-at-max"),
+        pytest.param(page_view(price=1_000.0, quantity=1_000_000), id="line-value-at-max"),
+        pytest.param(page_view(price=1e-308, quantity=1_000_000), id="line-value-tiny"),
+    ],
+)
+def test_numbers_at_the_limits_are_accepted(record: dict[str, Any]) -> None:
+    event = accepted(record)
+    json.dumps(event.to_record(), allow_nan=False)  # strict JSON
+
+
+def test_limits_are_configurable_and_named_in_the_message() -> None:
+    cleaner = Cleaner(CleaningConfig(email_salt=SALT, max_amount=100.0, max_quantity=3))
+    assert accepted(purchase(amount=100), cleaner).amount == 100.0
+    letter = clean(purchase(amount=100.5), cleaner)
+    assert isinstance(letter, DeadLetter) and (letter.reason, letter.field) == ("out_of_range", "amount")
+    assert letter.message == "amount exceeds cleaning.max_amount (100)"
+    letter = clean(page_view(quantity=4), cleaner)
+    assert isinstance(letter, DeadLetter) and letter.message == "quantity exceeds cleaning.max_quantity (3)"
+    letter = clean(page_view(price=40, quantity=3), cleaner)
+    assert isinstance(letter, DeadLetter) and letter.message == "price x quantity exceeds cleaning.max_amount (100)"
+
+
+EXTREME_MONEY = st.sampled_from(
+    [0.0, 5e-324, 1e-308, 0.01, 1e9, math.nextafter(1e9, math.inf), 1e15, 1e300, 1e308, 1.7976931348623157e308]
+)
+MONEY = st.floats(min_value=0, max_value=2e9) | st.floats(min_value=0, allow_infinity=False) | EXTREME_MONEY
+QUANTITIES = st.integers(1, 2_000_000) | st.sampled_from([1_000_000, 1_000_001, 2**53, 10**20, 10**300])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["purchase", "refund", "add_to_cart"]),
+    amount=MONEY,
+    price=st.none() | MONEY,
+    quantity=st.none() | QUANTITIES,
+    as_text=st.booleans(),
+)
+def test_numbers_inside_the_limits_are_accepted_all_others_are_out_of_range(
+    kind: str, amount: float, price: float | None, quantity: int | None, as_text: bool
+) -> None:
+    """Any finite amount, price and quantity (as numbers or as text): accepted exactly when each is
+    within the limits and so is price x quantity; otherwise an out_of_range dead letter."""
+    fields = {"amount": amount, "price": price, "quantity": quantity}
+    given = {k: (repr(v) if as_text else v) for k, v in fields.items() if v is not None}
+    result = clean(purchase(type=kind, **given))
+    line_value = None if price is None or quantity is None else price * float(quantity)
+    inside = (
+        amount <= 1e9
+        and (price is None or price <= 1e9)
+        and (quantity is None or quantity <= 1_000_000)
+        and (line_value is None or line_value <= 1e9)
+    )
+    if inside:
+        assert isinstance(result, Event) and result.amount == amount
+        json.dumps(result.to_record(), allow_nan=False)
+    else:
+        assert isinstance(result, DeadLetter) and result.reason == str(Reason.OUT_OF_RANGE)
+        assert result.field in ("amount", "price", "quantity") and "cleaning.max_" in result.message
+        json.dumps(result.to_dict(), allow_nan=False)
+
+
+def _config(**cleaning: object) -> CleaningConfig:
+    return parse_config({"segments": {"big": {"feature": "spend", ">=": 1}}, "cleaning": cleaning}, env={}).cleaning
+
+
+def test_limits_from_the_config_file() -> None:
+    assert (_config().max_amount, _config().max_quantity) == (1e9, 1_000_000)
+    config = _config(max_amount="1e6", max_quantity=5.0)  # YAML reads 1e6 (no dot) as text
+    assert (config.max_amount, config.max_quantity) == (1e6, 5)
+    assert _config(max_amount=MAX_AMOUNT_CEILING, max_quantity=MAX_QUANTITY_CEILING).max_amount == 1e15
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_amount", 0),
+        ("max_amount", -5),
+        ("max_amount", 1e16),
+        ("max_amount", math.inf),
+        ("max_amount", math.nan),
+        ("max_amount", "nan"),
+        ("max_amount", "lots"),
+        ("max_amount", True),
+        ("max_quantity", 0),
+        ("max_quantity", 1.5),
+        ("max_quantity", 2**53 + 1),
+        ("max_quantity", [10]),
+    ],
+)
+def test_limits_out_of_bounds_are_config_errors(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"cleaning\.{key} must be a (whole )?number above 0 and at most"):
+        _config(**{key: value})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["top", "properties", "nested"])
+def test_a_non_finite_number_outside_the_number_fields_is_a_dead_letter(value: float, where: str) -> None:
+    """JSON has no NaN, but Avro doubles do (extra fields, maps): they would reach every output."""
+    record = {
+        "top": page_view(score=value),
+        "properties": page_view(properties={"score": value}),
+        "nested": page_view(extra={"list": [1.0, value]}),
+    }[where]
+    letter = rejected(record)
+    assert (letter.reason, letter.field) == (
+        "invalid_number",
+        {"top": "score", "nested": "extra"}.get(where, "properties"),
+    )
+    payload = json.loads(letter.payload, parse_constant=_refuse)  # strict JSON: the number as text
+    assert json.dumps(payload).count({math.inf: '"Infinity"', -math.inf: '"-Infinity"'}.get(value, '"NaN"')) == 1
+
+
+def test_a_non_finite_pii_property_is_hashed_not_rejected() -> None:
+    assert accepted(page_view(phone=math.nan)).properties == {"phone": expected_hash("nan")}
+
+
+def test_dead_letter_payloads_are_strict_json() -> None:
+    letter = rejected(purchase(amount=math.inf, price=math.nan, extra={"a": -math.inf}))
+    assert json.loads(letter.payload, parse_constant=_refuse) == purchase(
+        amount="Infinity", price="NaN", extra={"a": "-Infinity"}
+    )
+
+
+def _refuse(literal: str) -> None:
+    raise AssertionError(f"not strict JSON: {literal}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Truncated payloads: an oversized line's head keeps no fragment of an address cut at its end
+# --------------------------------------------------------------------------------------------------
+
+HEAD_BYTES = 256  # what a dead letter keeps of an oversized line (pipelines/sources.py)
+# No hex digit in the local part: a fragment of it can then never be part of a 64-hex-digit hash.
+LOCAL_CHARS = "ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ._%+-éøñß"
+
+
+def _fragments(text: str, shortest: int = 3) -> set[str]:
+    return {text[i:j] for i in range(len(text)) for j in range(i + shortest, len(text) + 1)}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    local=st.text(LOCAL_CHARS, min_size=3, max_size=30),
+    domain=st.text("ghijklmnopqrstuvwxyz", min_size=1, max_size=12).map(lambda d: f"{d}.example"),
+    field=st.sampled_from(["email", "contact", "note"]),
+)
+def test_an_oversized_line_cut_anywhere_in_an_address_keeps_no_fragment_of_it(
+    local: str, domain: str, field: str
+) -> None:
+    """For every byte at which the head can end, from before the address to after it: no run of 3 or
+    more characters of the local part that the rest of the line does not hold is in the dead letter."""
+    address = f"{local}@{domain}"
+    before = f'{{"event_id":"e1","type":"page_view","ts":{TS_MS},"user_id":"u1","pad":"'
+    between = f'","{field}":"'
+    after = '","tail":"' + "t" * MAX_BYTES + '"}'
+    for cut in range(-1, len(address.encode()) + 2):  # the head ends ``cut`` bytes into the address
+        pad = "p" * (HEAD_BYTES - cut - len(before) - len(between))
+        line = before + pad + between + address + after
+        letter = clean_record(CLEANER, decode_json(line.encode(), SOURCE, POSITION, MAX_BYTES), NOW_MS)
+        assert isinstance(letter, DeadLetter) and letter.reason == str(Reason.OVERSIZED)
+        assert letter.payload.startswith(before + pad)  # the head is kept up to the address
+        elsewhere = before + pad + between + after
+        leaked = {f for f in _fragments(local) if f in letter.payload and f not in elsewhere}
+        assert not leaked, (cut, letter.payload)
+
+
+@pytest.mark.parametrize(
+    ("head_end", "kept"),
+    [
+        pytest.param('"email":"ann.lee@', '"email":"', id="after-at"),
+        pytest.param('"email":"ann.l', '"email":"', id="inside-local-part"),
+        pytest.param('"email":"ann.lee@exa', '"email":"', id="inside-domain"),
+        pytest.param('"email":"ann.lee@example.com"', None, id="whole-address-hashed"),
+        pytest.param('"n":1}', '"n":1}', id="not-in-a-token"),
+    ],
+)
+def test_the_cut_token_of_an_oversized_head_is_dropped(head_end: str, kept: str | None) -> None:
+    start = '{"event_id":"e1","pad":"'
+    pad = "p" * (HEAD_BYTES - len(start) - len('",') - len(head_end))
+    head = start + pad + '",' + head_end  # the head ends where head_end does
+    letter = clean_record(CLEANER, decode_json((head + "x" * MAX_BYTES).encode(), SOURCE, POSITION, MAX_BYTES), NOW_MS)
+    assert isinstance(letter, DeadLetter) and len(head.encode()) == HEAD_BYTES
+    address = expected_hash("ann.lee@example.com")
+    assert letter.payload == start + pad + '",' + (f'"email":"{address}"' if kept is None else kept)
+
+
+def test_an_address_with_its_domain_cut_off_is_hashed_in_raw_text() -> None:
+    """A line that is not JSON, cut by its producer right after the '@': the local part is hashed too."""
+    letter = rejected('{"event_id": "e1", "email": "ann.lee@')
+    assert letter.payload == '{"event_id": "e1", "email": "' + expected_hash("ann.lee@")

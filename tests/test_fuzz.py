@@ -55,9 +55,10 @@ REASONS = {str(reason) for reason in Reason} - {str(Reason.LATE)}  # late is dec
 DEAD_LETTER_SCHEMA = load_schema("DeadLetter")
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-# The address-shaped token of raw text, as cleaning first wrote it (quadratic, fine on short texts):
-# an independent oracle for the linear pattern cleaning uses now.
-_ADDRESS = re.compile(r"[^\s@\"'\\,;:<>()\[\]{}]+@[^\s@\"'\\,;:<>()\[\]{}]+")
+# The address-shaped token of raw text, its domain possibly empty, as cleaning first wrote it (quadratic,
+# fine on short texts): an independent oracle for the linear pattern cleaning uses now.
+_TOKEN_CHAR = r"[^\s@\"'\\,;:<>()\[\]{}]"
+_ADDRESS = re.compile(rf"{_TOKEN_CHAR}+@{_TOKEN_CHAR}*")
 INVALID_UTF8 = [
     b"\xff",
     b"\xfe\xff",
@@ -83,6 +84,15 @@ def hashed(address: str) -> str:
 def text_payload(text: str) -> str:
     """What a dead letter keeps of raw text: the text, every address-shaped token hashed."""
     return _ADDRESS.sub(lambda m: hashed(m.group()), text) if "@" in text else text
+
+
+def head_payload(head: str) -> str:
+    """What a dead letter keeps of an oversized line's head: its last token (an address cut anywhere,
+    perhaps) dropped, character by character, then as :func:`text_payload`."""
+    end = len(head)
+    while end and (head[end - 1] == "@" or re.fullmatch(_TOKEN_CHAR, head[end - 1])):
+        end -= 1
+    return text_payload(head[:end])
 
 
 def pii_hashed(fields: dict[str, Any]) -> dict[str, Any]:
@@ -124,15 +134,25 @@ def depth(value: object) -> int:
     return deepest
 
 
-def nan_safe(value: object) -> object:
-    """``value`` with NaN replaced by a marker, so that equal records compare equal."""
-    if isinstance(value, float) and math.isnan(value):
-        return "<nan>"
+def strict_form(value: object) -> object:
+    """``value`` as a dead letter's payload holds it, strict JSON: NaN and infinities as the text of
+    their JSON-like literals (so equal records compare equal)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {k: nan_safe(v) for k, v in value.items()}
+        return {k: strict_form(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [nan_safe(v) for v in value]
+        return [strict_form(v) for v in value]
     return value
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads`` refusing the NaN and Infinity literals (not JSON; Python's json takes them)."""
+
+    def refuse(literal: str) -> None:
+        raise ValueError(f"not strict JSON: {literal}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def check(result: object, source: str = SOURCE, position: str = POSITION) -> Event | DeadLetter:
@@ -146,12 +166,12 @@ def check(result: object, source: str = SOURCE, position: str = POSITION) -> Eve
         for number in (result.price, result.amount):
             assert number is None or (math.isfinite(number) and number >= 0)
         assert depth(result.properties) <= MAX_NESTING
-        json.dumps(result.to_record(), ensure_ascii=False).encode("utf-8")
+        json.dumps(result.to_record(), ensure_ascii=False, allow_nan=False).encode("utf-8")
     else:
         assert result.reason in REASONS and result.message
         assert isinstance(result.payload, str)
         fastavro.validation.validate(result.to_dict(), DEAD_LETTER_SCHEMA, raise_errors=True)  # event_time: long
-        json.dumps(result.to_dict(), ensure_ascii=False).encode("utf-8")
+        json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")
     pickle.loads(pickle.dumps(result))
     return result
 
@@ -163,10 +183,10 @@ def check_object(record: object, result: object) -> Event | DeadLetter:
         if isinstance(record, str):
             assert result.payload == text_payload(record)
         elif isinstance(record, dict) and depth(record) <= 100:
-            assert nan_safe(json.loads(result.payload)) == nan_safe(record_payload(record))
+            assert strict_loads(result.payload) == strict_form(record_payload(record))
         elif isinstance(record, dict):  # too deep for json.dumps: cut, still JSON
             assert result.reason == str(Reason.MALFORMED)
-            assert "<nested too deep>" in result.payload or json.loads(result.payload) is not None
+            assert "<nested too deep>" in result.payload or strict_loads(result.payload) is not None
         if isinstance(record, dict) and depth(record) > MAX_NESTING:
             assert (result.reason, result.field) == (str(Reason.MALFORMED), None)
     return result
@@ -177,7 +197,7 @@ def check_line(data: bytes, result: object, max_bytes: int = MAX_BYTES) -> Event
     check(result)
     if len(data) > max_bytes:
         assert isinstance(result, DeadLetter) and (result.reason, result.field) == (str(Reason.OVERSIZED), None)
-        assert result.payload == text_payload(data[:256].decode("utf-8", "replace"))
+        assert result.payload == head_payload(data[:256].decode("utf-8", "replace"))
         assert result.message == f"record of {len(data)} bytes exceeds {max_bytes}"
         return result
     try:
@@ -395,7 +415,7 @@ def test_wrong_type_in_any_field(record: dict[str, Any], field: str, value: obje
 def test_wrong_types_everywhere(record: dict[str, Any], changes: dict[str, Any]) -> None:
     bad = {**record, **changes}
     result = check_object(bad, clean(bad))
-    assert clean(bad) == result or isinstance(result, Event)  # deterministic (an Event may hold NaN properties)
+    assert clean(bad) == result  # deterministic (no NaN in an Event: a non-finite property is a dead letter)
     line = json.dumps(bad).encode()  # NaN and Infinity literals: not JSON, malformed
     check_line(line, line_through(line, max_bytes=1 << 16), max_bytes=1 << 16)
 
@@ -821,8 +841,8 @@ def test_regression_address_scan_of_raw_text_is_linear(text: str) -> None:
     letter = check(clean_record(CLEANER, decode_json(text.encode(), SOURCE, POSITION, 1 << 16), NOW_MS))
     assert time.perf_counter() - started < 0.5
     assert isinstance(letter, DeadLetter) and letter.reason == str(Reason.MALFORMED)
-    # The oracle's pattern is quadratic on the run of dots (no address there: the text is kept as it is).
-    assert letter.payload == (text if text.startswith(".") else text_payload(text))
+    # The oracle's pattern is quadratic on the run of dots (all one token before an '@': hashed whole).
+    assert letter.payload == (hashed(text) if text.startswith(".") else text_payload(text))
     assert "ann@example.com" not in letter.payload
 
 
@@ -880,6 +900,35 @@ def test_regression_avro_properties_are_json_decoded_safely(tmp_path: Path) -> N
     _, results = _read_and_check(tmp_path / "props.avro")
     assert all(isinstance(result, Event) for result in results) and len(results) == len(values)
     assert [result.properties["v"] for result in results] == [*values[:4], {"a": 1}]  # kept as the text
+
+
+def test_regression_non_finite_avro_doubles_are_dead_letters(tmp_path: Path) -> None:
+    """An Avro double NaN or infinity in an extra field or a map of doubles was kept in the event's
+    properties: every JSON of the event (a late event's dead letter) then held NaN, which is not JSON."""
+    schema = {
+        "type": "record",
+        "name": "Doubles",
+        "fields": [
+            *({"name": name, "type": "string"} for name in ("event_id", "type", "user_id")),
+            {"name": "ts", "type": "long"},
+            {"name": "score", "type": "double"},
+            {"name": "properties", "type": {"type": "map", "values": "double"}},
+        ],
+    }
+    base = {"event_id": "e1", "type": "page_view", "user_id": "u1", "ts": TS_MS}
+    records = [
+        {**base, "score": math.nan, "properties": {}},
+        {**base, "score": 1.0, "properties": {"x": -math.inf}},
+        {**base, "score": 1e308, "properties": {"x": 5e-324}},
+    ]
+    _write_avro(tmp_path / "doubles.avro", schema, records)
+    _, results = _read_and_check(tmp_path / "doubles.avro")  # check(): every result writes as strict JSON
+    assert [(r.reason, r.field) for r in results[:2] if isinstance(r, DeadLetter)] == [
+        (str(Reason.INVALID_NUMBER), "score"),
+        (str(Reason.INVALID_NUMBER), "properties"),
+    ]
+    assert [strict_loads(r.payload)["score"] for r in results[:2] if isinstance(r, DeadLetter)] == ["NaN", 1.0]
+    assert isinstance(results[2], Event) and results[2].properties == {"score": 1e308, "x": 5e-324}
 
 
 def test_regression_rfc3339_milliseconds_are_exact() -> None:
@@ -1037,4 +1086,4 @@ def test_pii_fields_are_hashed_wherever_they_sit(record: dict[str, Any], pii: di
     if isinstance(result, Event):
         given = bad.get("properties") or {}
         merged = {**given, **{k: v for k, v in bad.items() if k not in KNOWN_FIELDS}}
-        assert nan_safe(result.properties) == nan_safe(pii_hashed(merged))
+        assert result.properties == pii_hashed(merged)  # no NaN: a non-finite number is a dead letter

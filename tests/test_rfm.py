@@ -6,6 +6,7 @@ from the customers' current bucket keys: ``1 + floor(5 * (below + equal / 2) / b
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -275,3 +276,36 @@ def test_a_population_that_never_counted_a_customer_stays_non_negative() -> None
     fresh.move(key, Features(last_at={"purchase": 86_400_000}, orders=2, spend=30.0))
     assert fresh.buyers == 1
     assert all(count > 0 for counter in fresh.counts for count in counter.values())
+
+
+def monetary(spend: float) -> int:
+    """The monetary bucket of a buyer who spent ``spend``."""
+    key = rfm_key(buyer(T0, 1, spend))
+    assert key is not None
+    return key[2]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    spends=st.lists(
+        st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([5e-324, 1e308, 1.7976931348623157e308]),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_any_spend_has_a_bucket_and_a_score(spends: list[float]) -> None:
+    """A huge finite spend, an infinite one (state saved before cleaning bounded amounts) or NaN never
+    raises (math.ceil(inf) raised OverflowError); the monetary bucket never falls as the spend rises."""
+    population = Population()
+    keys = [population.move(None, buyer(T0, 1, spend)) for spend in spends]
+    for spend, key in zip(spends, keys, strict=True):
+        assert key is not None and key[2] == monetary(spend)
+        assert 1 <= population.scores(key)["monetary"] <= 5
+        if not spend > 0:  # <= 0 or NaN: no spend
+            assert key[2] == monetary(0.0)
+    ordered = sorted((spend, monetary(spend)) for spend in spends if not math.isnan(spend))
+    assert all(a[1] <= b[1] for a, b in itertools.pairwise(ordered))
+
+
+def test_the_largest_spends_share_the_top_bucket() -> None:
+    assert monetary(1.7976931348623157e308) == monetary(math.inf) > monetary(1e15) > monetary(1e9) > monetary(0.0)

@@ -109,6 +109,15 @@ RUN_SUMMARIES = st.fixed_dictionaries(
                             "n": LONGS,
                             "window": LONGS,
                             **dict.fromkeys(
+                                ("mean_predicted", "mean_actual", "mean_absolute_error"), optional(DOUBLES)
+                            ),
+                        }
+                    )
+                    | st.fixed_dictionaries(
+                        {
+                            "n": LONGS,
+                            "window": LONGS,
+                            **dict.fromkeys(
                                 (
                                     "positive_rate",
                                     "mean_predicted",

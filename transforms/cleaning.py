@@ -70,14 +70,23 @@ DEFAULT_PII_PROPERTIES = frozenset(
         "passport",
     ]
 )
-# An address-shaped token in raw text (a line that is not JSON, an oversized line's head). It only
-# starts where a token starts (the lookbehind) and its local part never backtracks (possessive): a
-# plain ``[^...]+@`` retried at every offset of a long run without '@' is quadratic (a 64 KiB line: 16 s).
+# An address-shaped token in raw text (a line that is not JSON, an oversized line's head); its domain
+# may be empty (``ann@``: the local part is still personal). It only starts where a token starts (the
+# lookbehind) and its local part never backtracks (possessive): a plain ``[^...]+@`` retried at every
+# offset of a long run without '@' is quadratic (a 64 KiB line: 16 s).
 _TOKEN = r"[^\s@\"'\\,;:<>()\[\]{}]"
-_EMAIL_IN_TEXT = re.compile(rf"(?<!{_TOKEN}){_TOKEN}++@{_TOKEN}+")
+_EMAIL_IN_TEXT = re.compile(rf"(?<!{_TOKEN}){_TOKEN}++@{_TOKEN}*")
+# The last token of a text cut at an arbitrary byte (an oversized line's head): it may be an address
+# cut anywhere (``ann.l``, ``ann@``, ``ann@sho``), which no pattern can tell from other text, so it goes.
+# Tried only where a run of token characters and '@' starts: linear, like the pattern above.
+_CUT_TOKEN = re.compile(rf"(?<!{_TOKEN})(?<!@)(?:{_TOKEN}|@)++\Z")
 MAX_NESTING = 32  # levels of objects and arrays in one record; deeper ones are malformed (encoders recurse)
 _INT_BITS_MAX = 14_000  # an int this long still has fewer digits than str() converts (4300 by default)
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+# Hard ceilings of the configurable limits (transforms/config.py checks them). A double holds whole
+# units exactly up to 1e15, and sums of such amounts stay finite for any feasible number of events.
+MAX_AMOUNT_CEILING = 1e15
+MAX_QUANTITY_CEILING = 2**53  # every whole number up to it is exact in a double
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,8 @@ class CleaningConfig:
     max_future_ms: int = DAY_MS
     max_record_bytes: int = 64 * 1024
     pii_properties: frozenset[str] = DEFAULT_PII_PROPERTIES  # lower-case names of extra fields to hash
+    max_amount: float = 1e9  # amount, price and price x quantity above it are out_of_range (currency units)
+    max_quantity: int = 1_000_000  # quantity above it is out_of_range
 
 
 def _text(record: dict[str, Any], name: str, required: bool = False) -> str | None:
@@ -174,7 +185,8 @@ def too_deep(value: object, limit: int = MAX_NESTING) -> bool:
 
 
 def _printable(value: object, depth: int = MAX_NESTING) -> object:
-    """``value`` cut at ``depth`` levels, with ints too long for str() and odd keys replaced (JSON-safe)."""
+    """``value`` cut at ``depth`` levels, with ints too long for str(), NaN and infinities (as the text of
+    their JSON-like literal: ``"NaN"``, ``"Infinity"``) and odd keys replaced (strict JSON)."""
     if isinstance(value, dict | list | tuple):
         if depth == 0:
             return "<nested too deep>"
@@ -185,14 +197,28 @@ def _printable(value: object, depth: int = MAX_NESTING) -> object:
         return [_printable(v, depth - 1) for v in value]
     if isinstance(value, int) and value.bit_length() > _INT_BITS_MAX:
         return f"<int of {value.bit_length()} bits>"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 
 def _json_payload(record: object) -> str:
     try:
-        return json.dumps(record, default=repr, ensure_ascii=False)
-    except (RecursionError, TypeError, ValueError):  # too deep, a key JSON has no form for, an int too long
-        return json.dumps(_printable(record), default=repr, ensure_ascii=False)
+        return json.dumps(record, default=repr, ensure_ascii=False, allow_nan=False)
+    except (RecursionError, TypeError, ValueError):  # too deep, an odd key, an int too long, NaN or infinity
+        return json.dumps(_printable(record), default=repr, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: object) -> bool:
+    """Whether every float in ``value`` (nested in dicts and lists) is finite."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict | list | tuple):
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return True
 
 
 def _properties(record: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
@@ -201,7 +227,12 @@ def _properties(record: dict[str, Any], config: CleaningConfig) -> dict[str, Any
         raise Rejection(Reason.WRONG_TYPE, "properties", "properties must be an object")
     properties = dict(given or {})
     properties.update((k, v) for k, v in record.items() if k not in KNOWN_FIELDS)
-    return _hash_pii(properties, config)
+    properties = _hash_pii(properties, config)
+    for key, value in properties.items():  # only Avro input can hold them: JSON has no NaN or infinity
+        if not _finite(value):
+            field = key if key in record and key not in KNOWN_FIELDS else "properties"
+            raise Rejection(Reason.INVALID_NUMBER, field, f"{field} holds a number that is not finite")
+    return properties
 
 
 def _hash_pii(fields: dict[str, Any], config: CleaningConfig) -> dict[str, Any]:
@@ -264,12 +295,7 @@ class Cleaner:
             currency = normalize_currency(raw_currency)
             if currency is None:
                 raise Rejection(Reason.INVALID_CURRENCY, "currency", "currency is not an ISO 4217 code")
-        if amount is not None and amount < 0:
-            raise Rejection(Reason.OUT_OF_RANGE, "amount", "amount must not be negative")
-        if price is not None and price < 0:
-            raise Rejection(Reason.OUT_OF_RANGE, "price", "price must not be negative")
-        if quantity is not None and quantity <= 0:
-            raise Rejection(Reason.OUT_OF_RANGE, "quantity", "quantity must be positive")
+        self._check_ranges(amount, price, quantity)
         return Event(
             event_id=event_id,
             type=event_type,
@@ -292,6 +318,21 @@ class Cleaner:
             position=position,
         )
 
+    def _check_ranges(self, amount: float | None, price: float | None, quantity: int | None) -> None:
+        """Reject numbers outside the configured limits: money ones (and their sums) then stay finite."""
+        limit, most = self.config.max_amount, self.config.max_quantity
+        for name, value in (("amount", amount), ("price", price)):
+            if value is not None and value < 0:
+                raise Rejection(Reason.OUT_OF_RANGE, name, f"{name} must not be negative")
+            if value is not None and value > limit:
+                raise Rejection(Reason.OUT_OF_RANGE, name, f"{name} exceeds cleaning.max_amount ({limit:g})")
+        if quantity is not None and quantity <= 0:
+            raise Rejection(Reason.OUT_OF_RANGE, "quantity", "quantity must be positive")
+        if quantity is not None and quantity > most:
+            raise Rejection(Reason.OUT_OF_RANGE, "quantity", f"quantity exceeds cleaning.max_quantity ({most})")
+        if price is not None and quantity is not None and price * quantity > limit:
+            raise Rejection(Reason.OUT_OF_RANGE, "price", f"price x quantity exceeds cleaning.max_amount ({limit:g})")
+
     def dead_letter(self, record: object, rejection: Rejection, source: str, position: str) -> DeadLetter:
         """Build the dead letter for ``record``, hashing its email so no address is kept in clear."""
         event_id = None
@@ -310,6 +351,8 @@ class Cleaner:
             if event_time is not None and not _LONG_MIN <= event_time <= _LONG_MAX:
                 event_time = None  # not representable as the Avro long of DeadLetter.event_time
         payload = record if isinstance(record, str) else _json_payload(record)
+        if isinstance(record, str) and rejection.reason == Reason.OVERSIZED:  # the head of a longer line
+            payload = _CUT_TOKEN.sub("", payload)
         if not isinstance(record, dict):
             # No field to find the email in: hash every address-shaped token of the text instead.
             payload = _EMAIL_IN_TEXT.sub(lambda m: hash_email(m.group(), self.config.email_salt), payload)

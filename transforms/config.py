@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from online_models import MODELS, Models, ModelSettings, build_model
-from transforms.cleaning import CleaningConfig
+from transforms.cleaning import MAX_AMOUNT_CEILING, MAX_QUANTITY_CEILING, CleaningConfig
 from transforms.customer import CustomerLogic, StreamConfig
-from transforms.engagement import DEFAULT_WEIGHTS, EngagementConfig
+from transforms.engagement import DEFAULT_WEIGHTS, MAX_POINTS, EngagementConfig
 from transforms.events import EVENT_TYPES
 from transforms.identity import IdentityConfig
 from transforms.profile import DEFAULT_WINDOWS, ProfileConfig, ProfileModel
@@ -47,17 +47,19 @@ _TOP_KEYS = {
     "models",
 }
 _IDENTITY_LIMITS = ("max_user_ids_per_identifier", "max_anonymous_ids_per_identifier", "max_identifiers_per_customer")
-_CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes", "pii_properties"}
+_CLEANING_KEYS = {"email_salt", "max_future", "max_record_bytes", "pii_properties", "max_amount", "max_quantity"}
 _STREAM_KEYS = {"max_out_of_orderness", "allowed_lateness", "dedup_horizon"}
 _ENGAGEMENT_KEYS = {"weights", "half_life", "saturation"}
 _MODEL_DURATIONS = {
     "refresh": "refresh_ms",
     "snapshot_every": "snapshot_every_ms",
     "churn_snapshot_every": "churn_snapshot_every_ms",
+    "ltv_snapshot_every": "ltv_snapshot_every_ms",
     "learn_wait": "learn_wait_ms",
 }
 _MODEL_COUNTS = ("max_pending", "validation_window", "publish_every", "learn_batch")
 _WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,20 @@ def _duration(section: Mapping[str, object], key: str, where: str, default: int)
         raise ConfigError(f"config: {where}.{key}: {error}") from None
 
 
+def _limit(section: Mapping[str, object], key: str, default: float, ceiling: float, whole: bool) -> float:
+    """A cleaning limit: a number above 0, at most ``ceiling`` (a whole one if ``whole``)."""
+    value = section.get(key, default)
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):  # YAML reads 1e9 (no dot) as text
+        value = float(value)
+    if whole and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    kinds = int if whole else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value <= ceiling:
+        kind, most = ("a whole number", f"{ceiling}") if whole else ("a number", f"{ceiling:g}")
+        raise ConfigError(f"config: cleaning.{key} must be {kind} above 0 and at most {most}, got {value!r}")
+    return value
+
+
 def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobConfig:
     """Validate a parsed YAML document into a :class:`JobConfig`."""
     if not isinstance(document, Mapping):
@@ -122,8 +138,10 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
     pii = cleaning.get("pii_properties", sorted(clean_defaults.pii_properties))
     if not isinstance(pii, list) or not all(isinstance(name, str) and name for name in pii):
         raise ConfigError("config: cleaning.pii_properties must be a list of field names")
+    max_amount = _limit(cleaning, "max_amount", clean_defaults.max_amount, MAX_AMOUNT_CEILING, whole=False)
+    max_quantity = _limit(cleaning, "max_quantity", clean_defaults.max_quantity, MAX_QUANTITY_CEILING, whole=True)
     try:
-        webhooks = parse_webhooks(document.get("webhooks"), known_segments=set(rules.segments))
+        webhooks = parse_webhooks(document.get("webhooks"), known_segments=set(rules.segments), env=env)
     except WebhookConfigError as error:
         raise ConfigError(f"config: {error}") from None
     return JobConfig(
@@ -133,6 +151,8 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
             max_future_ms=_duration(cleaning, "max_future", "cleaning", clean_defaults.max_future_ms),
             max_record_bytes=max_bytes,
             pii_properties=frozenset(name.lower() for name in pii),
+            max_amount=float(max_amount),
+            max_quantity=int(max_quantity),
         ),
         stream=StreamConfig(
             max_out_of_orderness_ms=_duration(
@@ -150,7 +170,7 @@ def parse_config(document: object, env: Mapping[str, str] = os.environ) -> JobCo
 
 
 def _models(document: Mapping[str, object]) -> ModelSettings | None:
-    allowed = {"enabled", "name", "params", "churn_days", "propensity_days", "score_write_delta"}
+    allowed = {"enabled", "name", "params", "churn_days", "propensity_days", "ltv_days", "score_write_delta"}
     allowed |= {*_MODEL_DURATIONS, *_MODEL_COUNTS}
     section = _section(document, "models", allowed)
     enabled = section.get("enabled", True)
@@ -168,7 +188,7 @@ def _models(document: Mapping[str, object]) -> ModelSettings | None:
     except ValueError as error:
         raise ConfigError(f"config: models.params: {error}") from None
     settings: dict[str, Any] = {"model": str(name), "params": dict(params)}
-    for key in ("churn_days", "propensity_days"):
+    for key in ("churn_days", "propensity_days", "ltv_days"):
         days = section.get(key, getattr(defaults, key))
         if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
             raise ConfigError(f"config: models.{key} must be a positive number of days")
@@ -238,11 +258,11 @@ def _engagement(document: Mapping[str, object]) -> EngagementConfig:
     for kind, weight in weights.items():
         if kind not in EVENT_TYPES:
             raise ConfigError(f"config: engagement.weights: unknown event type {kind!r}")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-            raise ConfigError(f"config: engagement.weights.{kind}: needs a number >= 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= MAX_POINTS:
+            raise ConfigError(f"config: engagement.weights.{kind}: needs a finite number >= 0, got {weight!r}")
     saturation = section.get("saturation", defaults.saturation)
-    if isinstance(saturation, bool) or not isinstance(saturation, int | float) or saturation <= 0:
-        raise ConfigError("config: engagement.saturation must be a positive number")
+    if isinstance(saturation, bool) or not isinstance(saturation, int | float) or not 0 < saturation <= MAX_POINTS:
+        raise ConfigError("config: engagement.saturation must be a finite positive number")
     half_life = _duration(section, "half_life", "engagement", defaults.half_life_ms)
     if half_life <= 0:
         raise ConfigError("config: engagement.half_life must be positive")

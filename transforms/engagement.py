@@ -7,6 +7,8 @@ Each event adds its type's weight ``w``; every weight halves each ``half_life`` 
 
 So a customer with ``saturation`` points scores 63, one with none scores 0, and with no new events
 the score falls smoothly. State is two numbers (points at a reference time), whatever the history.
+Points are capped at :data:`MAX_POINTS` (the largest double; the score there is 100): with finite
+weights they never overflow to infinity, and decay never turns them into NaN.
 
 >>> engagement = EngagementModel(EngagementConfig(weights={"purchase": 10.0}, half_life_ms=1000, saturation=10.0))
 >>> points = engagement.create()
@@ -20,6 +22,7 @@ the score falls smoothly. State is two numbers (points at a reference time), wha
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 DEFAULT_WEIGHTS = {
@@ -33,6 +36,7 @@ DEFAULT_WEIGHTS = {
     "purchase": 10.0,
     "refund": 0.0,
 }
+MAX_POINTS = sys.float_info.max  # points never exceed it (a sum past it would be infinite)
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,11 @@ class EngagementModel:
         if not weight:
             return
         if points.at is None or ts >= points.at:
-            points.value, points.at = self._decay(points, ts) + weight, ts
+            points.value, points.at = min(self._decay(points, ts) + weight, MAX_POINTS), ts
         else:
-            points.value += weight * 2.0 ** (-(points.at - ts) / self.config.half_life_ms)
+            points.value = min(
+                points.value + weight * 2.0 ** (-(points.at - ts) / self.config.half_life_ms), MAX_POINTS
+            )
 
     def merge(self, into: Points, other: Points) -> Points:
         if other.at is None:
@@ -81,7 +87,7 @@ class EngagementModel:
             into.value, into.at = other.value, other.at
             return into
         at = max(into.at, other.at)
-        into.value, into.at = self._decay(into, at) + self._decay(other, at), at
+        into.value, into.at = min(self._decay(into, at) + self._decay(other, at), MAX_POINTS), at
         return into
 
     def points(self, points: Points, now: int) -> float:
@@ -103,7 +109,8 @@ class EngagementModel:
         needed = -self.config.saturation * math.log1p(-threshold / 100.0) if threshold < 100.0 else 0.0
         current = self.points(points, now)
         if needed > 0.0 and current > needed:  # points at the threshold, then when they decay to it
-            estimate = max(now + 1, math.floor(now + self.config.half_life_ms * math.log2(current / needed)))
+            halvings = math.log2(current) - math.log2(needed)  # not log2(current / needed): that may overflow
+            estimate = max(now + 1, math.floor(now + self.config.half_life_ms * halvings))
         low = estimate - 1 if estimate - 1 > now and self.score(points, estimate - 1) >= threshold else now
         step, high = 1, estimate
         while self.score(points, high) >= threshold:  # widen until the score is under the threshold

@@ -9,7 +9,8 @@ population, ``1 + floor(5 * (below + equal / 2) / buyers)``: 5 for the top fifth
 
 Error: two spends within 1 % of each other may share a bucket (and then a rank); the rank tables
 are rebuilt after every ``max(100, 1 % of buyers)`` moves, so a score may miss that many recent
-moves. 0 means "never bought".
+moves. 0 means "never bought". Any spend has a bucket: the largest double's is about 35,500; an
+infinite spend (state saved before cleaning bounded amounts) shares it, and NaN counts as no spend.
 
 >>> from transforms.features import Features
 >>> population = Population()
@@ -22,6 +23,7 @@ moves. 0 means "never bought".
 from __future__ import annotations
 
 import math
+import sys
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ RfmKey = tuple[int, int, int]
 _GAMMA = math.log((1 + 0.01) / (1 - 0.01))
 _HOUR = 3_600_000
 _NO_SCORES = dict.fromkeys(DIMENSIONS, 0)
+_NO_SPEND = -(2**31)  # the monetary bucket of a spend <= 0
+_TOP_SPEND = math.ceil(math.log(sys.float_info.max) / _GAMMA)  # the bucket of the largest double
 
 
 def rfm_key(features: Features) -> RfmKey | None:
@@ -42,7 +46,12 @@ def rfm_key(features: Features) -> RfmKey | None:
     if last is None:
         return None
     spend = features.spend
-    monetary = math.ceil(math.log(spend) / _GAMMA) if spend > 0 else -(2**31)
+    if not spend > 0:  # also NaN
+        monetary = _NO_SPEND
+    elif spend == math.inf:  # math.ceil(inf) raises OverflowError
+        monetary = _TOP_SPEND
+    else:
+        monetary = math.ceil(math.log(spend) / _GAMMA)
     return (last // _HOUR, features.orders, monetary)
 
 
