@@ -330,3 +330,46 @@ class OnlineModel(base.Classifier):
         """Learn one labelled example; returns ``self`` for chaining."""
         self.learn_one(dict(features), label)
         return self
+
+
+class SpendRegressor:
+    """The lifetime-value model: future spend from the same flat features, learnt online.
+
+    ``StandardScaler() | LinearRegression(optim.SGD(lr))`` on ``log1p(spend)`` (spend is heavy
+    tailed; River's ``TargetTransformRegressor``); :meth:`predict_clean` returns the spend itself
+    (``expm1`` of the prediction, at least 0). ``name`` and ``params`` follow :class:`OnlineModel`
+    so that snapshots and restores treat both alike.
+
+    >>> model = SpendRegressor()
+    >>> for _ in range(200):
+    ...     model.learn_clean({"orders": 5.0}, 100.0)
+    ...     model.learn_clean({"orders": 1.0}, 0.0)
+    >>> model.predict_clean({"orders": 5.0}) > 10 * max(1.0, model.predict_clean({"orders": 1.0}))
+    True
+    """
+
+    name = "linear_log_spend"
+
+    def __init__(self, params: dict | None = None):
+        self.params = params
+        lr = (params or {}).get("lr", 0.01)
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+            raise ValueError(f"ltv model: lr must be a positive number, got {lr!r}")
+        self.model = compose.TargetTransformRegressor(
+            regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(optimizer=optim.SGD(float(lr))),
+            func=math.log1p,
+            inverse_func=math.expm1,
+        )
+        self.n_updates = 0
+
+    def learn_clean(self, x: dict[str, float], y: float) -> None:
+        """Learn that ``x`` was followed by a spend of ``y`` (clamped at 0)."""
+        self.model.learn_one(x, max(0.0, float(y)))
+        self.n_updates += 1
+
+    def predict_clean(self, x: dict[str, float]) -> float:
+        """The expected spend after features ``x`` (0 before any learning)."""
+        if not self.n_updates:
+            return 0.0
+        value = self.model.predict_one(x)
+        return max(0.0, value) if math.isfinite(value) else 0.0

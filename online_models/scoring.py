@@ -1,13 +1,17 @@
-"""The churn and propensity models of the job, with their delayed labels and progressive validation.
+"""The churn, propensity and lifetime-value models of the job, with their delayed labels and
+progressive validation.
 
 :class:`Models` owns one :class:`~online_models.pipelines.OnlineModel` and one
-:class:`~online_models.validation.ProgressiveValidation` per task (``churn``, ``propensity``). The
-per-customer state is a ``dict[task, PendingLabels]`` made by :meth:`Models.new_pending`; the
-caller keeps it (keyed state) and hands it back:
+:class:`~online_models.validation.ProgressiveValidation` per classification task (``churn``,
+``propensity``), and a :class:`~online_models.pipelines.SpendRegressor` with a
+:class:`~online_models.validation.RegressionValidation` for ``ltv``. The per-customer state is a
+``dict[task, PendingLabels | PendingSpend]`` made by :meth:`Models.new_pending`; the caller keeps it
+(keyed state) and hands it back:
 
 1. after a customer's events of one millisecond, its features updated: ``examples =
-   models.observe(pending, features, event_type, now)`` (a purchase labels the snapshots it
-   decides, then a snapshot is taken, at most one per ``snapshot_every_ms``);
+   models.observe(pending, features, event_type, now, spent)`` (a purchase labels the snapshots it
+   decides, their net spend counts for the value snapshots, then a snapshot is taken, at most one
+   per ``snapshot_every_ms``);
 2. when the watermark passes ``models.next_due(pending)`` (an event-time timer):
    ``examples += models.expire(pending, watermark)``;
 3. ``models.learn(examples)``: the examples wait, in order, until ``learn_batch`` of them are
@@ -38,7 +42,7 @@ True
 >>> models.learn(examples), models.flush()
 (2, 2)
 >>> sorted(models.score({"orders": 2.0, "recency_days": 0.0}, 20 * DAY))
-['churn_score', 'propensity_score']
+['churn_score', 'ltv_score', 'propensity_score']
 >>> models.summary()["propensity"]["validation"]["n"]
 1
 """
@@ -51,12 +55,15 @@ from functools import cached_property
 from typing import Any
 
 from online_models.labels import DAY_MS, TASKS, Example, PendingLabels
-from online_models.pipelines import DEFAULT_MODEL, OnlineModel, clean_features
-from online_models.validation import ProgressiveValidation
+from online_models.pipelines import DEFAULT_MODEL, OnlineModel, SpendRegressor, clean_features
+from online_models.spend import LTV, PendingSpend
+from online_models.validation import ProgressiveValidation, RegressionValidation
 
-SCORE_KEYS = {"churn": "churn_score", "propensity": "propensity_score"}
-# As silence grows a score may only move this way: churn never falls, propensity never rises.
-IN_SILENCE = {"churn_score": max, "propensity_score": min}
+SCORE_KEYS = {"churn": "churn_score", "propensity": "propensity_score", LTV: "ltv_score"}
+# As silence grows a score may only move this way: churn never falls, propensity and value never rise.
+IN_SILENCE = {"churn_score": max, "propensity_score": min, "ltv_score": min}
+ALL_TASKS = (*TASKS, LTV)
+Pending = dict[str, PendingLabels | PendingSpend]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,25 +84,28 @@ class ModelSettings:
     score_write_delta: float = 0.05  # a revisit writes the profile again when a score moved this much
     learn_batch: int = 32  # labels learnt together (1: each at once); a score may miss the waiting ones
     learn_wait_ms: int = 3_600_000  # in event time, the longest a label waits to be learnt
+    ltv_days: float = 90  # lifetime value: the net spend within this long after a snapshot
+    ltv_snapshot_every_ms: int = 7 * DAY_MS
     per_task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def days(self, task: str) -> float:
-        return self.churn_days if task == "churn" else self.propensity_days
+        return {"churn": self.churn_days, "propensity": self.propensity_days, LTV: self.ltv_days}[task]
 
     @property
     def churn_horizon_ms(self) -> int:
         return round(self.churn_days * DAY_MS)
 
     def snapshot_every(self, task: str) -> int:
-        return self.churn_snapshot_every_ms if task == "churn" else self.snapshot_every_ms
+        every = {"churn": self.churn_snapshot_every_ms, LTV: self.ltv_snapshot_every_ms}
+        return every.get(task, self.snapshot_every_ms)
 
     def __post_init__(self) -> None:
         delta = self.score_write_delta
         if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta <= 1:
             raise ValueError("models.score_write_delta must be a number from 0 to 1")
-        for task in TASKS:
+        for task in ALL_TASKS:
             if self.days(task) * DAY_MS < self.snapshot_every(task):
-                key = "churn_snapshot_every" if task == "churn" else "snapshot_every"
+                key = {"churn": "churn_snapshot_every", LTV: "ltv_snapshot_every"}.get(task, "snapshot_every")
                 raise ValueError(f"models.{task}_days must be at least models.{key}")
 
 
@@ -105,26 +115,44 @@ class Models:
     def __init__(self, settings: ModelSettings | None = None):
         self.settings = settings or ModelSettings()
         s = self.settings
-        self.models: dict[str, OnlineModel] = {
+        self.models: dict[str, OnlineModel | SpendRegressor] = {
             task: OnlineModel(s.model, s.per_task_params.get(task, s.params)) for task in TASKS
         }
-        self.validation: dict[str, ProgressiveValidation] = {
+        self.models[LTV] = SpendRegressor(s.per_task_params.get(LTV))
+        self.validation: dict[str, ProgressiveValidation | RegressionValidation] = {
             task: ProgressiveValidation(s.validation_window, s.calibration_bins) for task in TASKS
         }
+        self.validation[LTV] = RegressionValidation(s.validation_window)
         self.waiting: list[Example] = []  # labelled, not learnt yet (see learn)
-        self.coverage = {task: SilenceCoverage() for task in TASKS}
+        self.coverage = {task: SilenceCoverage() for task in ALL_TASKS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle, also models saved before the silence coverage was kept."""
+        """Unpickle, also models saved before the silence coverage and the value model were kept."""
         self.__dict__.update(state)
-        self.__dict__.setdefault("coverage", {task: SilenceCoverage() for task in TASKS})
+        self.__dict__.setdefault("coverage", {task: SilenceCoverage() for task in ALL_TASKS})
+        self.models.setdefault(LTV, SpendRegressor(self.settings.per_task_params.get(LTV)))
+        self.validation.setdefault(LTV, RegressionValidation(self.settings.validation_window))
+        self.coverage.setdefault(LTV, SilenceCoverage())
 
-    def new_pending(self) -> dict[str, PendingLabels]:
+    def new_pending(self) -> Pending:
         """A new customer's empty pending labels, one per task."""
         s = self.settings
-        return {
+        pending: Pending = {
             task: PendingLabels.for_task(task, s.days(task), s.snapshot_every(task), s.max_pending) for task in TASKS
         }
+        pending[LTV] = self._new_spend()
+        return pending
+
+    def _new_spend(self) -> PendingSpend:
+        s = self.settings
+        return PendingSpend(round(s.ltv_days * DAY_MS), s.ltv_snapshot_every_ms, s.max_pending)
+
+    def _spend(self, pending: Pending) -> PendingSpend:
+        """The pending values of ``pending`` (added to a customer saved before the value model)."""
+        spend = pending.get(LTV)
+        if not isinstance(spend, PendingSpend):
+            spend = pending[LTV] = self._new_spend()
+        return spend
 
     def score(self, features: Mapping[str, Any], now: int) -> dict[str, float]:
         """``churn_score`` and ``propensity_score`` for the features as of event time ``now``.
@@ -198,20 +226,24 @@ class Models:
 
     def observe(
         self,
-        pending: dict[str, PendingLabels],
+        pending: Pending,
         features: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         event_type: str,
         now: int,
+        spent: float = 0.0,
     ) -> list[Example]:
-        """One event of the customer at event time ``now``: label what a purchase decides, then snapshot.
+        """One event of the customer at event time ``now``: label what a purchase decides (``spent``:
+        the net spend of the events at ``now``, for the value model), then snapshot.
 
         ``features`` may be a function: it is called only when a snapshot is taken.
         """
         examples: list[Example] = []
         clean: dict[str, float] | None = None
-        for task in TASKS:
+        spend = self._spend(pending)
+        spend.on_spend(now, spent)
+        for task in ALL_TASKS:
             labels = pending[task]
-            if event_type == "purchase":
+            if event_type == "purchase" and isinstance(labels, PendingLabels):
                 examples.extend(labels.on_purchase(now))
             if labels.wants(now):
                 if clean is None:
@@ -219,13 +251,14 @@ class Models:
                 labels.take(now, clean)
         return examples
 
-    def expire(self, pending: dict[str, PendingLabels], watermark: int) -> list[Example]:
+    def expire(self, pending: Pending, watermark: int) -> list[Example]:
         """Label the snapshots whose horizon ended before ``watermark`` (call from the timer)."""
-        return [example for task in TASKS for example in pending[task].due(watermark)]
+        self._spend(pending)
+        return [example for task in ALL_TASKS for example in pending[task].due(watermark)]
 
-    def next_due(self, pending: dict[str, PendingLabels]) -> int | None:
+    def next_due(self, pending: Pending) -> int | None:
         """When to fire the customer's timer next (event time), or None."""
-        times = [t for t in (pending[task].next_due() for task in TASKS) if t is not None]
+        times = [t for t in (pending[task].next_due() for task in pending) if t is not None]
         return min(times) if times else None
 
     @cached_property  # read for every event of every customer
@@ -234,7 +267,7 @@ class Models:
         snapshot falls due exactly when the next one is taken)."""
         return round(self.settings.propensity_days * DAY_MS) + 1
 
-    def silent_points(self, pending: dict[str, PendingLabels], last_seen: int, until: int) -> range:
+    def silent_points(self, pending: Pending, last_seen: int, until: int) -> range:
         """Where a customer silent since ``last_seen`` is snapshotted, up to ``until``: every
         :attr:`silence_step` of silence, from the first point in a later snapshot bucket than the
         last propensity snapshot (the points already taken are skipped).
@@ -280,9 +313,11 @@ class Models:
             revisit = min(revisit, (now // s.refresh_ms + 1) * s.refresh_ms)
         return revisit
 
-    def merge(self, pending: dict[str, PendingLabels], absorbed: dict[str, PendingLabels]) -> list[Example]:
+    def merge(self, pending: Pending, absorbed: Pending) -> list[Example]:
         """Identity merge: move ``absorbed``'s pendings into ``pending``; returns the labels it decides."""
-        return [example for task in TASKS for example in pending[task].merge(absorbed[task])]
+        self._spend(pending)
+        self._spend(absorbed)
+        return [example for task in ALL_TASKS for example in pending[task].merge(absorbed[task])]  # type: ignore[arg-type]
 
     def learn(self, examples: Iterable[Example]) -> int:
         """Take labelled examples to learn, in order: they wait until ``learn_batch`` are waiting or
@@ -325,7 +360,7 @@ class Models:
                 "validation": self.validation[task].summary(),
                 "silence": self.coverage[task].summary(),
             }
-            for task in TASKS
+            for task in ALL_TASKS
         }
 
 

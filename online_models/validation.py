@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 EPS = 1e-15
 
@@ -153,4 +154,37 @@ class ProgressiveValidation:
             "log_loss": self.log_loss(),
             "expected_calibration_error": self.expected_calibration_error(),
             "calibration": self.calibration(),
+        }
+
+
+@dataclass(slots=True)
+class RegressionValidation:
+    """Rolling quality of a regression's predictions, each made before the value was learnt.
+
+    >>> v = RegressionValidation(window=2)
+    >>> v.update(10.0, 12.0); v.update(0.0, 4.0); v.update(5.0, 5.0)
+    >>> v.summary()
+    {'n': 3, 'window': 2, 'mean_predicted': 2.5, 'mean_actual': 4.5, 'mean_absolute_error': 2.0}
+    """
+
+    window: int = 10_000
+    n: int = 0
+    pairs: deque[tuple[float, float]] = field(default_factory=deque)
+
+    def update(self, y_pred: float, y_true: float) -> None:
+        self.n += 1
+        self.pairs.append((float(y_pred), float(y_true)))
+        if len(self.pairs) > self.window:
+            self.pairs.popleft()
+
+    def summary(self) -> dict[str, Any]:
+        count = len(self.pairs)
+        if not count:
+            return {"n": self.n, "window": 0, "mean_predicted": None, "mean_actual": None, "mean_absolute_error": None}
+        return {
+            "n": self.n,
+            "window": count,
+            "mean_predicted": round(sum(p for p, _ in self.pairs) / count, 6),
+            "mean_actual": round(sum(y for _, y in self.pairs) / count, 6),
+            "mean_absolute_error": round(sum(abs(p - y) for p, y in self.pairs) / count, 6),
         }

@@ -61,7 +61,7 @@ def test_a_purchase_labels_earlier_snapshots_and_the_timer_labels_the_rest() -> 
     # propensity snapshots (positive) and the week's churn snapshot (negative).
     logic.advance(state, [purchase(1, T0 + 3 * DAY)], T0 + 3 * DAY)
     assert [e.task for e in models.waiting].count("propensity") == 3 and models.flush() == 4  # learn_batch: 32
-    assert {task: m.n_updates for task, m in models.models.items()} == {"propensity": 3, "churn": 1}
+    assert {task: m.n_updates for task, m in models.models.items()} == {"propensity": 3, "churn": 1, "ltv": 0}
     assert models.validation["propensity"].pairs[-1][1] is True and models.validation["churn"].pairs[-1][1] is False
     # The purchase day's snapshot waits 14 days for propensity, then the timer labels it negative.
     step = logic.advance(state, [], T0 + 3 * DAY + 14 * DAY + 1)
@@ -372,7 +372,8 @@ def snapshot_of(header: dict, payload: bytes) -> bytes:
 
 def taught(n: int = 40) -> Models:
     models = Models()
-    models.learn([Example(task, {"orders": float(i % 3)}, i % 2 == 0, 0, 0) for i in range(n) for task in TASKS])
+    tasks = list(models.models)
+    models.learn([Example(task, {"orders": float(i % 3)}, i % 2 == 0, 0, 0) for i in range(n) for task in tasks])
     models.flush()
     return models
 
@@ -386,7 +387,7 @@ def test_a_restarted_job_continues_from_its_signed_snapshots(redis_url: str, mon
     ModelPublisher(redis_url, "signed", taught()).publish()
     fresh = Models()
     assert ModelPublisher(redis_url, "signed", fresh).restore() is True
-    assert updates(fresh) == dict.fromkeys(TASKS, 40)
+    assert updates(fresh) == dict.fromkeys(fresh.models, 40)
 
 
 def _forged(marker: Path) -> bytes:
@@ -434,7 +435,7 @@ def test_restore_refuses_a_bad_snapshot_with_one_line_and_starts_fresh(
     assert refusal in message and "segstream:model:" in message and "fresh models" in message
     assert record.exc_info is None and "\n" not in message and str(marker) not in message
     assert not marker.exists()
-    assert updates(fresh) == dict.fromkeys(TASKS, 0)
+    assert updates(fresh) == dict.fromkeys(fresh.models, 0)
 
 
 def test_a_latest_that_is_not_a_version_is_refused_with_one_line(
@@ -465,7 +466,7 @@ def test_without_a_key_no_snapshot_is_published_or_loaded(
         assert ModelPublisher(redis_url, "nokey", fresh).restore() is False
     [record] = caplog.records
     assert "not loaded without a key" in record.getMessage() and KEY_FILE_ENV in record.getMessage()
-    assert updates(fresh) == dict.fromkeys(TASKS, 0)
+    assert updates(fresh) == dict.fromkeys(fresh.models, 0)
 
 
 def test_a_live_job_over_forged_snapshots_continues_from_fresh_models(redis_url: str, tmp_path: Path) -> None:
@@ -520,10 +521,11 @@ def test_scores_beyond_the_silence_the_labels_covered_are_counted_and_logged(
     with caplog.at_level(logging.WARNING, logger="segstream"):
         run(*args, "--as-of", str(max_ts(sample_file) + 400 * DAY))  # final profiles after 400 silent days
     summary = json.loads(summary_path.read_text())
-    for task in TASKS:
-        silence = summary["models"][task]["silence"]
+    assert set(summary["models"]) == {"churn", "propensity", "ltv"}
+    for figures in summary["models"].values():
+        silence = figures["silence"]
         assert 0 < silence["covered_days"] < 400
         # every final profile is scored beyond what the labels covered
         assert summary["customers"] <= silence["scored_beyond"] <= silence["scored"]
     warnings = [r.getMessage() for r in caplog.records if "longer silence" in r.getMessage()]
-    assert len(warnings) == len(TASKS) and all("progressive validation cannot see them" in w for w in warnings)
+    assert len(warnings) == 3 and all("progressive validation cannot see them" in w for w in warnings)

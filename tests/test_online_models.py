@@ -636,8 +636,9 @@ def test_models_observe_expire_learn_and_score() -> None:
     first = summary["churn"]["validation"]
     assert first["mean_predicted"] == pytest.approx(0.5, abs=0.01)  # predicted before learning
     scores = models.score({"orders": 2.0, "missing": None}, 40 * DAY)
-    assert set(scores) == {"churn_score", "propensity_score"}
-    assert all(0.0 <= s <= 1.0 for s in scores.values())
+    assert set(scores) == {"churn_score", "propensity_score", "ltv_score"}
+    assert 0.0 <= scores["churn_score"] <= 1.0 and 0.0 <= scores["propensity_score"] <= 1.0
+    assert scores["ltv_score"] == 0.0  # no value learnt yet
 
 
 def test_models_learn_a_recency_signal_with_progressive_validation() -> None:

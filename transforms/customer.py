@@ -288,6 +288,7 @@ class CustomerLogic(PrivacyLogic):
         floor = state.clock if state.clock is not None else -(2**62)
         first = state.features.last_seen is None  # before a customer's first event: every rule is evaluated
         kinds: set[str] = set()
+        spend_before = state.features.spend  # the net spend before this millisecond's events (value model)
         for i, event in enumerate(due):
             self._fire_rule_timers(state, min(event.ts, to_ts), step)
             now = max(event.ts, floor)
@@ -297,12 +298,17 @@ class CustomerLogic(PrivacyLogic):
                 kinds.add(event.type)
             elif len(step.forgotten) + step.revocations > erasures:
                 kinds.clear()  # the events before it went with the erased state: the models must not see them
+                spend_before = state.features.spend
             # Rules and models see all events of one millisecond at once (an invoice's lines, say).
-            if kinds and (i + 1 == len(due) or due[i + 1].ts != event.ts):
+            ends = i + 1 == len(due) or due[i + 1].ts != event.ts
+            if kinds and ends:
                 if self.models is not None:
-                    self._observe(state, "purchase" if "purchase" in kinds else event.type, now)
+                    spent = state.features.spend - spend_before
+                    self._observe(state, "purchase" if "purchase" in kinds else event.type, now, spent)
                 self._evaluate(state, now, from_timer=False, step=step, kinds=None if first else kinds)
                 kinds, first = set(), False
+            if ends:
+                spend_before = state.features.spend
         self._fire_rule_timers(state, to_ts, step)
         previous, state.clock = state.clock, to_ts if state.clock is None else max(state.clock, to_ts)
         self._expire(state, previous)
@@ -354,14 +360,17 @@ class CustomerLogic(PrivacyLogic):
             if state.rule_wake == now:
                 self._evaluate(state, now, from_timer=True, step=step, kinds=())
 
-    def _observe(self, state: CustomerState, event_type: str, now: int) -> None:
+    def _observe(self, state: CustomerState, event_type: str, now: int, spent: float) -> None:
         """The models' part of the events applied at ``now`` (``event_type``: ``purchase`` if one
-        was): the labels a purchase decides, then a feature snapshot with all of them."""
+        was; ``spent``: their net spend): the labels a purchase decides, then a feature snapshot
+        with all of them."""
         assert self.models is not None
         if state.labels is None:
             state.labels = self.models.new_pending()
         profile = state.profile
-        examples = self.models.observe(state.labels, lambda: model_features(self.model, profile, now), event_type, now)
+        examples = self.models.observe(
+            state.labels, lambda: model_features(self.model, profile, now), event_type, now, spent
+        )
         if examples:
             self.models.learn(examples)
         wake = state.model_wake

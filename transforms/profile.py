@@ -9,8 +9,9 @@ Names (``kind``: time features are epoch ms, the rest numbers):
 - RFM: ``rfm.recency``, ``rfm.frequency``, ``rfm.monetary`` (quintile scores 1..5 against the
   current population of buyers, 0 before a first purchase; see :mod:`transforms.rfm`);
 - model scores (with the models on): ``churn_score``, ``propensity_score`` (probabilities 0..1 of
-  the online models in :mod:`online_models`, computed when read; as a customer's silence grows
-  churn never falls and propensity never rises: :meth:`online_models.Models.score_in_silence`).
+  the online models in :mod:`online_models`, computed when read) and ``ltv_score`` (the expected
+  net spend within ``models.ltv_days``); as a customer's silence grows churn never falls and
+  propensity and value never rise: :meth:`online_models.Models.score_in_silence`.
 
 >>> from transforms.windows import WindowSpec
 >>> model = ProfileModel(ProfileConfig(windows=(WindowSpec("1d", 86_400_000, 3_600_000),)))
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from online_models import Models
 
 DAY = 86_400_000
-SCORE_FEATURES = ("churn_score", "propensity_score")
+SCORE_FEATURES = ("churn_score", "propensity_score", "ltv_score")
 ONLY_FALL = METRICS - {"spend", "session_minutes"}  # window metrics that never rise without an event
 _MISSING = object()
 DEFAULT_WINDOWS = (
@@ -187,7 +188,7 @@ class ProfileModel:
             return features if features is not None and t == now else model_features(self, state, t)
 
         scores = self.models.score_in_silence(features_at, last, max(now, last))
-        return {name: round(value, 6) for name, value in scores.items()}
+        return {name: round(value, 2 if name == "ltv_score" else 6) for name, value in scores.items()}
 
     def render(
         self, state: ProfileState, now: int | None, scores: dict[str, float | None] | None = None
