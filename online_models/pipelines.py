@@ -332,6 +332,15 @@ class OnlineModel(base.Classifier):
         return self
 
 
+MAX_LOG_SPEND = 35.0  # log1p of about 1.6e15: above cleaning's largest amount limit
+
+
+def spend_of_log(value: float) -> float:
+    """``expm1`` of a predicted ``log1p(spend)``, capped: a linear model far outside what it learnt
+    can predict any logarithm (a module function, so models pickle)."""
+    return math.expm1(min(value, MAX_LOG_SPEND))
+
+
 class SpendRegressor:
     """The lifetime-value model: future spend from the same flat features, learnt online.
 
@@ -358,7 +367,7 @@ class SpendRegressor:
         self.model = compose.TargetTransformRegressor(
             regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(optimizer=optim.SGD(float(lr))),
             func=math.log1p,
-            inverse_func=math.expm1,
+            inverse_func=spend_of_log,
         )
         self.n_updates = 0
 

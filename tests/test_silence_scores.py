@@ -1,5 +1,6 @@
-"""Scores in silence: for a fixed history, as the silence grows, churn never falls and propensity never
-rises, whatever model the configuration names and whatever it learnt (Models.score_in_silence)."""
+"""Scores in silence: for a fixed history, as the silence grows, churn never falls and propensity and
+lifetime value never rise, whatever model the configuration names and whatever it learnt
+(Models.score_in_silence)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def test_churn_never_falls_and_propensity_never_rises_as_silence_grows(
     for _ in range(60):
         at = history[-1].ts + rng.randrange(0, 100 * DAY)
         features = model_features(logic.model, state.profile, at)
-        task = rng.choice(("churn", "propensity"))
-        examples.append(Example(task, features, rng.random() < 0.5, at, at))
+        task = rng.choice(("churn", "propensity", "ltv"))
+        label = rng.random() < 0.5 if task != "ltv" else rng.choice((0.0, rng.uniform(1, 500)))
+        examples.append(Example(task, features, label, at, at))
     logic.models.learn(examples)
     logic.models.flush()
     last = state.features.last_seen
@@ -71,9 +73,11 @@ def test_churn_never_falls_and_propensity_never_rises_as_silence_grows(
     scores = [logic.model.scores(state.profile, last + silence) for silence in sorted(silences)]
     churn = [s["churn_score"] for s in scores]
     propensity = [s["propensity_score"] for s in scores]
-    assert all(isinstance(value, float) and 0.0 <= value <= 1.0 for value in churn + propensity)
+    value = [s["ltv_score"] for s in scores]
+    assert all(isinstance(score, float) and 0.0 <= score <= 1.0 for score in churn + propensity)
     assert churn == sorted(churn), (name, sorted(silences), churn)
     assert propensity == sorted(propensity, reverse=True), (name, sorted(silences), propensity)
+    assert value == sorted(value, reverse=True) and value[-1] >= 0.0, (name, sorted(silences), value)
 
 
 def test_at_an_event_the_scores_are_the_models_own() -> None:
