@@ -73,15 +73,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-SCORE_FIELDS = ("churn_score", "propensity_score")
+SCORE_FIELDS = ("churn_score", "propensity_score", "ltv_score")
 
 
 def without_scores(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Profiles by customer, less the model scores (checked to be probabilities): every engine
-    worker trains its own models in its processing order, so scores agree only within one engine."""
+    """Profiles by customer, less the model scores (checked to be probabilities, and a value of at
+    least 0): every engine worker trains its own models in its processing order, so scores agree only
+    within one engine."""
     for profile in profiles:
         for field in SCORE_FIELDS:
-            assert profile[field] is None or 0.0 <= profile[field] <= 1.0, profile
+            top = float("inf") if field == "ltv_score" else 1.0
+            assert profile[field] is None or 0.0 <= profile[field] <= top, profile
     return sorted(
         ({k: v for k, v in p.items() if k not in SCORE_FIELDS} for p in profiles), key=lambda p: p["customer_id"]
     )
