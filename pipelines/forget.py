@@ -3,12 +3,15 @@
 A forget (a ``forget`` event processed by the core engine, or ``segstream forget``) removes, in one
 atomic Lua script (:data:`FORGET_SCRIPT`), everything Redis holds about the customer and the
 customers absorbed into it (aliases): the profile hashes, the identifier index entries, segment
-memberships, the change-stream entries (changes and identity-merge records), the dead letters whose
-payload carries one of its identifiers, and its queued and dead-lettered webhook deliveries. It
-keeps only the customer's exits with reason ``forget``: they are the notification downstream (in the
-change stream, the webhook queues and ``--changes-out``) and the one place its id remains.
+memberships, the change-stream entries (changes and identity-merge records), and its queued and
+dead-lettered webhook deliveries. It keeps only the customer's exits with reason ``forget``: they are
+the notification downstream (in the change stream, the webhook queues and ``--changes-out``) and the
+one place its id remains. The dead letters that carry one of its identifiers (:class:`Traces`: in
+any form cleaning would read as it, in a payload however broken) go next, read and matched here
+(matching needs Unicode whitespace and the salted email hash, which Lua has not) and deleted by id.
 
-JSONL outputs are rewritten atomically without the customer's lines (:func:`scrub_jsonl`, same rule).
+JSONL outputs are rewritten atomically without the customer's lines (:func:`scrub_jsonl`, same rules:
+one :class:`Traces` decides for the dead-letter stream and for the files alike).
 Every forget leaves a :class:`transforms.privacy.DeletionReceipt` in ``{prefix}:receipts`` (and in
 ``--receipts-out``): counts only, and a salted hash of the customer id.
 
@@ -23,15 +26,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
+from pipelines.customer_store import promote_state, saved_state
 from pipelines.redis_store import RedisSink, retrying
 from pipelines.snapshot_store import SnapshotStore
 from transforms.changes import SegmentChange, change_id
@@ -41,7 +46,8 @@ from transforms.identity import KIND_OF_PREFIX, KIND_PREFIX
 from transforms.privacy import DeletionReceipt, Forget, customer_ref, key_identifier
 
 RECEIPTS_MAXLEN = 1_000_000
-COUNTED = ("redis_keys", "identifier_index", "segment_memberships", "stream_entries", "dead_letters", "deliveries")
+COUNTED = ("redis_keys", "identifier_index", "segment_memberships", "stream_entries", "deliveries")
+PAGE = 1000  # dead letters read at a time
 
 # ARGV: prefix, customer id, then the customer's identifiers as "kind:value" (kind as in events: user_id ...).
 # Returns the counts of COUNTED, then the customer ids erased (the customer and its aliases).
@@ -63,7 +69,7 @@ while grown do  -- aliases: absorbed profiles pointing at the customer or at one
     end
   end
 end
-local n = {keys = 0, index = 0, members = 0, entries = 0, letters = 0, deliveries = 0}
+local n = {keys = 0, index = 0, members = 0, entries = 0, deliveries = 0}
 local function scan(pattern, each)
   local cursor = '0'
   repeat
@@ -126,17 +132,6 @@ n.entries = each_entry(prefix .. ':changes', function(f)
   for _, absorbed in ipairs(merge.absorbed or {}) do if ids[absorbed] then return true end end
   return false
 end)
-n.letters = each_entry(prefix .. ':dead_letters', function(f)
-  local letter = decode(f.dead_letter)
-  local record = letter and decode(letter.payload)
-  if record == nil then return false end
-  for kind, _ in pairs(heads) do
-    local v = record[kind]
-    local known = (type(v) == 'string' or type(v) == 'number') and string.match(tostring(v), '^%s*(.-)%s*$')
-    if known and idents[kind .. ':' .. known] then return true end
-  end
-  return false
-end)
 scan(prefix .. ':webhooks:*', function(key)
   if (string.sub(key, -6) == ':queue' or string.sub(key, -5) == ':dead') and redis.call('TYPE', key).ok == 'stream' then
     n.deliveries = n.deliveries + each_entry(key, function(f)
@@ -144,7 +139,7 @@ scan(prefix .. ':webhooks:*', function(key)
     end)
   end
 end)
-local out = {n.keys, n.index, n.members, n.entries, n.letters, n.deliveries}
+local out = {n.keys, n.index, n.members, n.entries, n.deliveries}
 for _, id in ipairs(order) do table.insert(out, id) end
 return out
 """
@@ -154,45 +149,111 @@ def receipts_key(prefix: str) -> str:
     return f"{prefix}:receipts"
 
 
-def mentions(record: Any, customer_ids: set[str], identifiers: set[str]) -> bool:
-    """Whether an output record is about the customer (the rule of :data:`FORGET_SCRIPT`): a change of
-    theirs other than a ``forget`` exit, an identity merge or profile naming them, a dead letter whose
-    payload carries one of their identifiers."""
-    if not isinstance(record, dict):
+# What delimits a token in a dead letter or a line: start and end of text, whitespace as str.strip()
+# sees it (Unicode's: cleaning trims identifiers with it), quotes, the punctuation of JSON and of
+# query strings, and U+FFFD (what a byte cut in the middle of a character decodes to). Nothing else:
+# a letter, digit, '-', '.', '_', '@' or '/' next to an identifier makes it part of another token.
+_EDGE = r"\s\"'`{}\[\](),:;=<>&|\ufffd"
+# Address-shaped tokens (their hash is compared): the local part starts a token and never backtracks.
+_ADDRESS = re.compile(rf"(?<![^{_EDGE}@])[^{_EDGE}@]++@[^{_EDGE}@]+")
+# JSON string escapes: \uXXXX (an incomplete one, a payload cut inside it, decodes to nothing), the others.
+_UNICODE = re.compile(r"\\u(?:([0-9a-fA-F]{4})|[0-9a-fA-F]{0,3}(?![0-9a-fA-F]))")
+_SIMPLE = (('\\"', '"'), ("\\/", "/"), ("\\b", "\b"), ("\\f", "\f"), ("\\n", "\n"), ("\\r", "\r"), ("\\t", "\t"))
+MAX_ESCAPE_LEVELS = 4  # a raw line within a payload within a dead letter within a stream entry: 3
+
+
+def _unescape(text: str) -> str:
+    """``text`` with its JSON string escapes decoded, surrogate pairs joined (wherever they stand: a
+    broken payload has no reliable string boundaries). Split at the escaped backslashes, every other
+    backslash starts an escape: string replacements decode the usual ones (``\\"``) at C speed."""
+    parts = []
+    for part in text.split("\\\\"):
+        for escape, char in _SIMPLE:
+            part = part.replace(escape, char)
+        parts.append(_UNICODE.sub(lambda m: chr(int(m[1], 16)) if m[1] else "", part) if "\\u" in part else part)
+    decoded = "\\".join(parts)
+    return decoded.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if "\\u" in text else decoded
+
+
+def _forms(text: str) -> Iterator[str]:
+    """``text``, then each level of JSON escaping undone (up to :data:`MAX_ESCAPE_LEVELS`)."""
+    yield text
+    for _ in range(MAX_ESCAPE_LEVELS):
+        if "\\" not in text or (decoded := _unescape(text)) == text:
+            return
+        text = decoded
+        yield text
+
+
+class Traces:
+    """Whether a text (a dead letter as stored in Redis, a line of an output file) carries one of a
+    customer's identifiers, however broken the payload in it is (not JSON, cut short, escaped once
+    or more, the identifier nested anywhere, padded).
+
+    The rule: the text, or a form of it with JSON escapes undone, holds an identifier as a whole
+    token, that is with an edge (:data:`_EDGE`: start or end, any Unicode whitespace, a quote, JSON
+    or query-string punctuation) on both sides. Edges include the whitespace cleaning trims, so a
+    padded ``"\\u00a0user-7\\u2003"`` is ``user-7``, and nothing an identifier may continue
+    with, so ``user-7`` is not in ``user-70``, ``user-7.5``, ``xuser-7`` or ``User-7`` (cleaning
+    keeps the case of ids). Emails are kept hashed (the 64 hex digits are a token like any id); an
+    address left in clear, in any case and padding, matches when its hash (:func:`hash_email`, the
+    normalization cleaning applies) is the customer's.
+
+    It never reads one identifier as another, but in two cases where the text cannot tell, both on
+    the side of erasure: a payload cut right after ``user-7`` of ``user-70`` (an oversized line's
+    head) matches ``user-7``; an identifier that is also a common token (a bare number such as
+    ``12``) matches it wherever it stands (a quantity too).
+    """
+
+    def __init__(self, identifiers: Iterable[str], salt: str) -> None:
+        """``identifiers``: ``kind:value`` as events hold them (emails hashed with ``salt``)."""
+        pairs = [ident.partition(":")[::2] for ident in identifiers]
+        self.values = sorted({value for _, value in pairs if value}, key=len, reverse=True)
+        self.emails = {value for kind, value in pairs if kind == "email"}
+        self.salt = salt
+        alternatives = "|".join(map(re.escape, self.values))
+        self._token = re.compile(rf"(?<![^{_EDGE}])(?:{alternatives})(?![^{_EDGE}])")
+
+    def __call__(self, text: str) -> bool:
+        for form in _forms(text):  # the plain substring and "@" tests first: they skip most texts
+            if any(value in form for value in self.values) and self._token.search(form):
+                return True
+            if self.emails and "@" in form and any(self._hashed(m[0]) for m in _ADDRESS.finditer(form)):
+                return True
         return False
-    if record.get("kind") == "identity_merge":
-        return record.get("customer_id") in customer_ids or any(a in customer_ids for a in record.get("absorbed", []))
-    if "customer_id" in record:
-        return record["customer_id"] in customer_ids and record.get("reason") != "forget"
-    payload = record.get("payload")
+
+    def _hashed(self, address: str) -> bool:
+        return hash_email(address, self.salt) in self.emails
+
+
+def mentions(line: str, customer_ids: set[str], carries: Traces) -> bool:
+    """Whether an output line is about the customer (the rules of :data:`FORGET_SCRIPT` and of the
+    dead letters): a change of theirs other than a ``forget`` exit, an identity merge or profile
+    naming them; any other line (a dead letter, a line that is not JSON) that ``carries`` one of
+    their identifiers."""
     try:
-        event = json.loads(payload) if isinstance(payload, str) else None
+        record = json.loads(line)
     except ValueError:
-        return False
-    if not isinstance(event, dict):
-        return False
-    return any(
-        isinstance(value, str | int | float) and f"{kind}:{str(value).strip()}" in identifiers
-        for kind in KIND_PREFIX
-        if (value := event.get(kind)) is not None
-    )
+        record = None
+    if isinstance(record, dict) and record.get("kind") == "identity_merge":
+        return record.get("customer_id") in customer_ids or any(a in customer_ids for a in record.get("absorbed", []))
+    if isinstance(record, dict) and "customer_id" in record:
+        return record["customer_id"] in customer_ids and record.get("reason") != "forget"
+    return carries(line)
 
 
-def scrub_jsonl(path: Path, customer_ids: set[str], identifiers: set[str]) -> int:
-    """Rewrite ``path`` without the lines about the customer (atomically: a new file replaces it);
-    return how many lines went."""
+def scrub_jsonl(path: Path, customer_ids: set[str], carries: Traces) -> int:
+    """Rewrite ``path`` without the lines about the customer (atomically: a new file replaces it;
+    the other lines byte for byte); return how many lines went."""
     if not path.exists():
         return 0
     removed = 0
     handle, tmp = tempfile.mkstemp(prefix=".forget-", dir=path.parent)
+    text = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out, path.open(encoding="utf-8") as lines:
+        with os.fdopen(handle, "w", **text) as out, path.open(**text) as lines:
             for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    record = None
-                if mentions(record, customer_ids, identifiers):
+                if mentions(line, customer_ids, carries):
                     removed += 1
                 else:
                     out.write(line)
@@ -221,6 +282,7 @@ class Erased:
     forget: Forget
     erasure: Erasure
     identifiers: set[str]  # "kind:value" of every identifier of the customer (the files' rule)
+    letters_read: str = "-"  # the last dead letter the erase read: finish reads those written since
 
 
 class Eraser:
@@ -232,13 +294,39 @@ class Eraser:
         self.salt = salt
         self._script = client.register_script(FORGET_SCRIPT)
 
-    def redis(self, customer_id: str, identifiers: Iterable[tuple[str, str]], erasure: Erasure) -> None:
-        """Erase the customer from Redis (one atomic script); add the counts and ids to ``erasure``."""
-        args = [self.prefix, customer_id, *sorted({f"{kind}:{value}" for kind, value in identifiers})]
-        answer = retrying(lambda _: self._script(keys=[], args=args), "forget a customer")
+    def redis(self, customer_id: str, identifiers: Iterable[tuple[str, str]], erasure: Erasure) -> str:
+        """Erase the customer from Redis (one atomic script, then the dead letters carrying one of its
+        identifiers); add the counts and ids to ``erasure``; return the last dead letter read."""
+        idents = sorted({f"{kind}:{value}" for kind, value in identifiers})
+        answer = retrying(
+            lambda _: self._script(keys=[], args=[self.prefix, customer_id, *idents]), "forget a customer"
+        )
         for kind, n in zip(COUNTED, answer, strict=False):
             erasure.add(kind, int(n))
         erasure.customer_ids.update(value.decode() for value in answer[len(COUNTED) :])
+        return self.dead_letters(Traces(idents, self.salt), erasure)
+
+    def dead_letters(self, carries: Traces, erasure: Erasure, after: str = "-") -> str:
+        """Delete the dead letters after entry ``after`` that ``carries`` (a page at a time, to the end
+        of the stream: letters written meanwhile too); add how many to ``erasure``; return the last
+        entry read (``after`` when none)."""
+        stream, removed = f"{self.prefix}:dead_letters", 0
+
+        def page_after(last: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+            start = last if last == "-" else f"({last}"
+            return retrying(lambda _: self.client.xrange(stream, start, "+", count=PAGE), "read dead letters")
+
+        def delete(entries: list[bytes]) -> int:
+            return retrying(lambda _: self.client.xdel(stream, *entries), "delete dead letters")
+
+        while page := page_after(after):
+            doomed = [
+                entry for entry, fields in page if any(carries(v.decode("utf-8", "replace")) for v in fields.values())
+            ]
+            removed += delete(doomed) if doomed else 0
+            after = page[-1][0].decode()
+        erasure.add("dead_letters", removed)
+        return after
 
     def erase(self, forget: Forget, identifiers: Iterable[tuple[str, str]] = (), graph: int = 0) -> Erased:
         """A forget event's customer out of Redis, after its forget exits were written. ``identifiers``:
@@ -247,15 +335,18 @@ class Eraser:
         erasure = Erasure({"identifiers": len(known), "segments": forget.segments})
         if graph:
             erasure.add("identity_graph", graph)
-        self.redis(forget.customer_id, known, erasure)
-        return Erased(forget, erasure, {f"{kind}:{value}" for kind, value in known})
+        read = self.redis(forget.customer_id, known, erasure)
+        return Erased(forget, erasure, {f"{kind}:{value}" for kind, value in known}, read)
 
     def finish(self, erased: Erased, files: Iterable[Path], receipts_out: Path | None) -> DeletionReceipt:
-        """The customer's lines out of ``files`` (closed by their writers), then the receipt (Redis and
-        ``receipts_out``)."""
+        """The customer's dead letters written to Redis since the erase (Beam and Flink write them from
+        other operators) and its lines out of ``files`` (closed by their writers), both by one
+        :class:`Traces`; then the receipt (Redis and ``receipts_out``)."""
         erasure = erased.erasure
+        carries = Traces(erased.identifiers, self.salt)
+        self.dead_letters(carries, erasure, erased.letters_read)
         for path in files:
-            erasure.add("output_lines", scrub_jsonl(path, erasure.customer_ids, erased.identifiers))
+            erasure.add("output_lines", scrub_jsonl(path, erasure.customer_ids, carries))
         forget = erased.forget
         receipt = self.receipt(forget.customer_id, f"event:{forget.event_id}", forget.event_time, erasure)
         append_receipts(receipts_out, [receipt])
@@ -395,10 +486,11 @@ def forget_customers(
 ) -> list[DeletionReceipt]:
     """``segstream forget``: erase the customers of ``identifiers`` from Redis, the saved core state
     (``state_file``, when it exists) and the ``scrub`` files; one receipt per customer."""
-    store = SnapshotStore(state_file) if state_file is not None and state_file.exists() else None
+    saved = state_file if state_file is not None and state_file.exists() else None
     eraser = Eraser(client, prefix, salt)
     receipts = []
-    try:
+    with ExitStack() as stack:  # the saved state is replaced whole once every customer is erased
+        store = stack.enter_context(saved_state(saved)) if saved is not None else None
         customers: dict[str, list[tuple[str, str]]] = {}
         for identifier in identifiers:
             customers.setdefault(resolve(identifier, client, prefix, store), []).append(identifier)
@@ -413,12 +505,11 @@ def forget_customers(
                 RedisSink(client, prefix).write(exits, [])
             erasure.add("segments", len(exits))
             eraser.redis(customer_id, known, erasure)
-            texts = {f"{kind}:{value}" for kind, value in known}
+            carries = Traces((f"{kind}:{value}" for kind, value in known), salt)
             for path in scrub:
-                erasure.add("output_lines", scrub_jsonl(path, erasure.customer_ids, texts))
+                erasure.add("output_lines", scrub_jsonl(path, erasure.customer_ids, carries))
             receipts.append(eraser.receipt(customer_id, "cli", None, erasure))
-    finally:
-        if store is not None:
-            store.close()
+    if saved is not None:
+        promote_state(saved)
     append_receipts(receipts_out, receipts)
     return receipts

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import pipelines.core_engine as core_engine
 from pipelines.cli import main
 from pipelines.core_engine import CoreEngine
-from pipelines.customer_store import STATE_FILE
+from pipelines.customer_store import STATE_FILE, promote_state
 from pipelines.delivery_queue import DeadDelivery, DeliveryQueue, register
 from pipelines.forget import parse_identifier
 from pipelines.metrics import METRICS
@@ -201,6 +201,7 @@ def test_a_forget_event_erases_the_customer_everywhere_but_its_forget_exits(
     first = _write(tmp_path / "first.jsonl", others(0, 6) + target_events() + others(6, 6))
     before = METRICS.snapshot()
     CoreEngine(make_spec(first, redis_url, out, config=config, outputs=paths, state_file=state_file)).run()
+    promote_state(state_file)  # as the command does at the end of a run
     # Deliveries of the customer: one failed for good (a webhook dead letter), the others still queued.
     queue = DeliveryQueue(client, "segstream", subscriber.name)
     queue.ensure_group()
@@ -241,6 +242,7 @@ def test_a_forget_event_erases_the_customer_everywhere_but_its_forget_exits(
     monkeypatch.setattr(core_engine, "read_records", reading)
     monkeypatch.setattr(OutputSink, "forget", forgetting)
     CoreEngine(make_spec(second, redis_url, out, config=config, outputs=paths, state_file=state_file)).run()
+    promote_state(state_file)  # as the command does at the end of a run
     counts = METRICS.snapshot().minus(before)
     assert counts.balanced() and counts.totals["forgets"] == 1
 
