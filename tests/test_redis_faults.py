@@ -1,9 +1,11 @@
 """The Redis sink and the delivery workers when Redis goes away: a real redis-server stopped and
-restarted mid-run, and a connection cut after a batch was sent but before its answer came back."""
+restarted mid-run, a connection cut after a batch was sent but before its answer came back, and a
+redis-server out of memory (maxmemory, noeviction) filled up mid-run."""
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -12,11 +14,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from pipelines import redis_store
+from pipelines.cli import main
 from pipelines.delivery_queue import register
 from pipelines.redis_store import RedisSink, RedisUnavailable, retrying
-from tests.conftest import read_jsonl
+from tests.conftest import NOW_MS, read_jsonl
 from tests.delivery_harness import (
+    SECRET,
     FaultRow,
     RedisProcess,
     check_customer_order,
@@ -197,3 +203,106 @@ def test_the_live_reader_waits_for_redis_and_reads_on(redis_process: RedisProces
     restart.join()
     redis.Redis.from_url(redis_process.url).xadd("clicks", {"event": b'{"n": 2}'})
     assert [event for _, event in reader.read()] == [b'{"n": 2}']
+
+
+# What a record looks like in a line of output: the sample stream's ids, a JSON object.
+RECORD = re.compile(r"user-\d{5}|anon-\d{5}|ev-\d{7}|customer_id|\{")
+FILLER = "filler"
+CHUNK = 64 << 10
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server with 16 MB of memory that refuses writes beyond (no eviction)."""
+    server = RedisProcess(tmp_path / "small-redis", "--maxmemory", "16mb", "--maxmemory-policy", "noeviction")
+    server.start()
+    yield server
+    server.stop()
+
+
+def fill(client: redis.Redis, room: int = 2 << 20) -> None:
+    """Use the server's memory up but ``room`` bytes (the job's own writes take it and then some:
+    a write is checked before it runs, so the one that goes past maxmemory is the last let in)."""
+    memory = client.info("memory")
+    for n in range((memory["maxmemory"] - memory["used_memory"] - room) // CHUNK):
+        client.hset(FILLER, str(n), b"\0" * CHUNK)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a worker's traceback
+def test_redis_out_of_memory_mid_run_holds_the_job_until_memory_frees_and_loses_nothing(
+    small_redis: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(sample_lines(300)) + "\n", encoding="utf-8")
+    url = small_redis.url
+    run_job(source, url, tmp_path / "reference", "reference", with_subscribers())
+    client = redis.Redis.from_url(url)
+    with receiving(tmp_path / "a.jsonl") as (a, url_a):
+        sub = subscriber("full-a", url_a)
+        job = threading.Thread(
+            target=run_job, args=(source, url, tmp_path / "out", "full", with_subscribers(sub)), daemon=True
+        )
+        with caplog.at_level(logging.WARNING, logger="segstream"):
+            fill(client)
+            job.start()
+            deadline = time.monotonic() + 60
+            while "Redis is out of memory" not in caplog.text:
+                assert job.is_alive() and time.monotonic() < deadline, "the job did not meet the full Redis"
+                time.sleep(0.01)
+            written_before = client.xlen("full:changes")
+            time.sleep(1.0)
+            assert job.is_alive() and client.xlen("full:changes") == written_before  # held: nothing written
+            client.delete(FILLER)
+            job.join(timeout=120)
+        assert not job.is_alive()
+    changes = read_jsonl(tmp_path / "out" / "changes.jsonl")
+    assert 0 < written_before < len(changes)
+    assert redis_state(client, "full") == redis_state(client, "reference")  # every change and profile, once
+    check_delivered(changes, sub, a)
+    check_customer_order(a)
+    sink_warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Redis is out of memory")]
+    assert sink_warnings == ["Redis is out of memory (used memory > maxmemory, writes refused); retrying to write "
+                             "a batch for up to 600 s"]  # fmt: skip
+    assert "Redis accepts writes again" in caplog.text
+    output = capsys.readouterr()
+    lines = caplog.text.splitlines() + output.out.splitlines() + output.err.splitlines()
+    assert not [line for line in lines if RECORD.search(line)]
+    FaultRow(
+        fault="Redis out of memory mid-run (maxmemory 16 MB, noeviction, filled up), freed 1 s later",
+        emitted=len(changes),
+        delivered={sub.name: len(a.lines())},
+        expected={sub.name: len(wanted(changes, sub))},
+        retries=deliveries_metric(sub.name, "retried"),
+        dead_letters=deliveries_metric(sub.name, "dead_lettered"),
+        repeats_dropped=a.duplicates,
+        notes=f"the job's writes took the last 2 MB ({written_before} changes written by then); the sink "
+        "held its batch and retried; no record in the logs",
+    ).record()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_redis_that_stays_out_of_memory_fails_the_job_with_one_line_and_no_record(
+    small_redis: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "OUTAGE_LIMIT_S", 2.0)
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(sample_lines(300)) + "\n", encoding="utf-8")
+    client = redis.Redis.from_url(small_redis.url)
+    with receiving(tmp_path / "a.jsonl") as (_, hook), caplog.at_level(logging.WARNING, logger="segstream"):
+        fill(client)
+        started = time.monotonic()
+        result = CliRunner().invoke(
+            main,
+            ["run", "--source", str(source), "--engine", "core", "--redis-url", small_redis.url,
+             "--redis-prefix", "stuck", "--now", str(NOW_MS), "--no-progress", "--webhook", hook,
+             "--webhook-secret", SECRET, "--changes-out", str(tmp_path / "changes.jsonl")],
+        )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.stderr.splitlines() if not line.startswith("warning: ")] == [
+        "Error: Redis out of memory for 2 s, cannot write a batch: free memory or raise its maxmemory"
+    ]  # (the warnings: the built-in salt, no model key)
+    assert time.monotonic() - started < 30
+    assert 0 < client.xlen("stuck:changes") < len(read_jsonl(tmp_path / "changes.jsonl"))  # records were held
+    lines = caplog.text.splitlines() + result.output.splitlines()
+    assert "Redis is out of memory" in caplog.text
+    assert not [line for line in lines if RECORD.search(line)]
