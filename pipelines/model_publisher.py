@@ -62,6 +62,7 @@ class ModelPublisher:
         self.models = models
         self.registry = ModelRegistry(shared_client(redis_url), prefix, model_key())
         self.published_at = self._updates()
+        self.warned: set[str] = set()  # tasks whose scores beyond the labels' silence were logged
 
     def _updates(self) -> int:
         return 0 if self.models is None else sum(model.n_updates for model in self.models.models.values())
@@ -84,7 +85,8 @@ class ModelPublisher:
         METRICS.record_models(summary)
         for task, figures in summary.items():
             silence = figures["silence"]
-            if figures["n_updates"] and silence["scored_beyond"]:
+            if figures["n_updates"] and silence["scored_beyond"] and task not in self.warned:
+                self.warned.add(task)  # once per task: the metric and the summary keep the count
                 LOG.warning(
                     "models: %d of %d %s scores were computed at a longer silence than the %.1f days its labels "
                     "covered; progressive validation cannot see them (they are held to the covered range)",
