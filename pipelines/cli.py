@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from pipelines.core_engine import CoreEngine
-from pipelines.customer_store import STATE_FILE, promote_state
+from pipelines.customer_store import STATE_FILE, applied_before, input_digest, promote_state
 from pipelines.delivery import Deliveries
 from pipelines.delivery_queue import DeliveryQueue, load_routes
 from pipelines.job import JobSpec
@@ -70,6 +70,19 @@ def _check_source(source: str, engine: str = "beam") -> None:
             check_source(Path(source))
     except (SourceError, ValueError) as error:
         raise UserError(str(error)) from None
+
+
+def _check_not_applied(source: Path, state_file: Path) -> None:
+    """--resume: refuse an input the saved state already holds (its run ended after saving it)."""
+    try:
+        applied = applied_before(state_file, input_digest(source))
+    except StateFileError as error:
+        raise UserError(str(error)) from None
+    if applied is not None:
+        raise UserError(
+            f"--resume: {source} was already applied to {state_file} (at {applied} UTC); "
+            "running it again would count its events twice"
+        )
 
 
 def _flink_conf(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -169,7 +182,8 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     if not counts.balanced():
         raise click.ClickException(f"internal error: counts do not add up: {summary}")
     if spec.state_file is not None:
-        promote_state(spec.state_file)  # the last step: a run stopped before it leaves the saved state
+        # The last step: a run stopped before it leaves the saved state as it was.
+        promote_state(spec.state_file, input_digest(Path(spec.source)))
     return summary
 
 
@@ -410,6 +424,8 @@ def run(
     _check_source(source, engine)
     if resume and (engine not in ("core", "beam") or is_stream_source(source)):
         raise UserError("--resume continues file replays on --engine core or beam")
+    if resume:
+        _check_not_applied(Path(source), state_dir / STATE_FILE)
     engine_conf = _flink_conf(flink_conf)
     config = _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets, webhook_secret_file)
     config = _with_horizons(config, churn_days, propensity_days)

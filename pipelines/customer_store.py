@@ -13,16 +13,22 @@ in place (:func:`promote_state`: an fsync, then an atomic rename) as the last th
 ended well does. A run that stops any other way (``kill -9``, Ctrl-C, a full disk, Redis gone)
 leaves the state of the last run that ended well, and the same input run again with ``--resume``
 gives the changes of an uninterrupted run (with the same change ids, which Redis's seq guards and
-webhook receivers deduplicate).
+webhook receivers deduplicate). A run stopped after that last step has saved its state: the state
+remembers the digest of every input applied to it (:func:`applied_before`), so the same input
+again is refused instead of being counted twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.snapshot_store import SnapshotStore, check_state_file
@@ -83,12 +89,40 @@ def saved_state(state_file: Path) -> Iterator[SnapshotStore]:
     store.close()
 
 
-def promote_state(state_file: Path) -> None:
+def input_digest(source: Path) -> str:
+    """The SHA-256 of an input file's bytes (as stored: a ``.gz`` file's compressed bytes)."""
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def applied_before(state_file: Path, digest: str) -> str | None:
+    """When the input of ``digest`` was applied to the saved state (ISO time), or None."""
+    if not state_file.exists():
+        return None
+    check_state_file(state_file)
+    db = sqlite3.connect(f"file:{state_file}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT data FROM shared WHERE name = 'inputs'").fetchone()
+    finally:
+        db.close()
+    return None if row is None else pickle.loads(row[0]).get(digest)
+
+
+def promote_state(state_file: Path, digest: str | None = None) -> None:
     """Put the working copy of a run that ended well in place of ``state_file`` (no-op without
-    one), once both the file and the rename are on disk."""
+    one), once both the file and the rename are on disk; ``digest``: the input it applied."""
     work = state_file.with_name(state_file.name + ".run")
     if not work.exists():
         return
+    if digest is not None:
+        store = SnapshotStore(work)
+        inputs = store.get_shared("inputs") or {}
+        inputs[digest] = datetime.now(UTC).isoformat(timespec="seconds")
+        store.put_shared("inputs", inputs)
+        store.close()
     with work.open("rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(work, state_file)
