@@ -204,7 +204,8 @@ class Models:
         held: dict[str, float] | None = None
         start = last_seen
         for point in self._silence_points(last_seen):
-            scores = {SCORE_KEYS[task]: model.predict_clean(features_at(point)) for task, model in self.models.items()}
+            features = features_at(point)
+            scores = {SCORE_KEYS[task]: model.predict_clean(features) for task, model in self.models.items()}
             if held is not None:
                 scores = {name: IN_SILENCE[name](value, held[name]) for name, value in scores.items()}
             if point == now:
