@@ -18,11 +18,11 @@ import redis
 from click.testing import CliRunner
 
 from online_models import TASKS, Example, ModelRegistry, Models, dump_model, read_header
-from online_models.snapshots import MAGIC
 from pipelines.cli import main
 from pipelines.metrics import METRICS
 from pipelines.model_publisher import KEY_ENV, KEY_FILE_ENV, ModelPublisher
 from tests.conftest import NOW_MS, read_jsonl
+from tests.forged_snapshots import RunsCode, snapshot_of
 from tests.test_live_stream import all_delivered, stream_source, wait_for
 from transforms.config import ConfigError, parse_config
 from transforms.customer import CustomerLogic
@@ -354,20 +354,6 @@ def no_model_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """No key from the environment the tests run in: each test sets the one it means."""
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv(KEY_FILE_ENV, raising=False)
-
-
-class RunsCode:
-    """Unpickled, it creates ``marker``: the payload of a forged snapshot."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (self.marker.touch, ())
-
-
-def snapshot_of(header: dict, payload: bytes) -> bytes:
-    return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
 
 
 def taught(n: int = 40) -> Models:

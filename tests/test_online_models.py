@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import itertools
-import json
 import math
 import pickle
 import random
@@ -41,6 +40,7 @@ from online_models import (
 )
 from online_models import snapshots as snapshot_module
 from online_models.pipelines import linear_coefficients
+from tests.forged_snapshots import RunsCode, snapshot_of
 
 DAY = DAY_MS
 
@@ -519,20 +519,6 @@ def test_load_refuses_incompatible_snapshots(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ValueError, match=r"written by river 0\.23"):
         load_model(data, mac_key=KEY)
     assert load_model(data, mac_key=KEY, allow_other_river=True).n_updates == 100
-
-
-class RunsCode:
-    """Unpickled, it creates ``marker``: the payload of a forged snapshot."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (self.marker.touch, ())
-
-
-def snapshot_of(header: dict, payload: bytes) -> bytes:
-    return snapshot_module.MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
 
 
 def test_a_forged_snapshot_is_refused_before_its_pickle_runs(tmp_path: Path) -> None:
