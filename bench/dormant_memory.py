@@ -20,68 +20,20 @@ import dataclasses
 import multiprocessing
 import statistics
 import tempfile
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
-from segments import DAY, MIB, generate
+from segments import DAY, MIB, generate, watch
 
-from pipelines.core_engine import CoreEngine
-from pipelines.job import JobSpec
-from pipelines.outputs import OutputPaths
-from pipelines.redis_store import start_embedded
 from transforms.config import load_config
 
 SHARES = (0.25, 0.5, 0.75, 1.0)
 
 
-class Watched(CoreEngine):
-    """The core loop, noting when the stream ends (the end of input then stores every customer)."""
-
-    stream_seconds = 0.0
-
-    def _finish(self, end: int) -> None:
-        self.stream_seconds = time.perf_counter() - self.started
-        super()._finish(end)
-
-
-def watch(path: str, models: bool, interval: float) -> tuple[float, list[tuple[float, int, int]]]:
-    """One core-loop run in this (fresh) process: the stream's seconds (without the end of input)
-    and (time, RSS, customers held) samples."""
+def watch_run(path: str, models: bool, interval: float) -> tuple[float, list[tuple[float, int, int]]]:
+    """One run in this (fresh) process, the models on or off (:func:`segments.watch`)."""
     config = load_config(None)
-    if not models:
-        config = dataclasses.replace(config, models=None)
-    with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
-        redis_url, server = start_embedded(Path(tmp) / "state")
-        out = Path(tmp) / "out"
-        out.mkdir()
-        spec = JobSpec(
-            source=path,
-            config=config,
-            redis_url=redis_url,
-            outputs=OutputPaths(out / "changes.jsonl", out / "profiles.jsonl", out / "dead.jsonl"),
-            now_ms=int(datetime.now(UTC).timestamp() * 1000),
-        )
-        engine = Watched(spec)
-        me = psutil.Process()
-        samples: list[tuple[float, int, int]] = []
-        stop = threading.Event()
-        started = engine.started = time.perf_counter()
-
-        def sample() -> None:
-            while not stop.wait(interval):
-                samples.append((time.perf_counter() - started, me.memory_info().rss, len(engine.states)))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        engine.run()
-        stop.set()
-        sampler.join()
-        del server
-    return engine.stream_seconds, samples
+    return watch(Path(path), config if models else dataclasses.replace(config, models=None), interval)
 
 
 def at_shares(seconds: float, samples: list[tuple[float, int, int]]) -> list[tuple[int, int]]:
@@ -111,7 +63,7 @@ def main() -> None:
         for number in range(args.repeat):
             for models in (False, True):
                 with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                    seconds, samples = pool.submit(watch, str(path), models, args.interval).result()
+                    seconds, samples = pool.submit(watch_run, str(path), models, args.interval).result()
                 points = at_shares(seconds, samples)
                 runs[models].append(points)
                 cells = " | ".join(f"{rss / MIB:,.0f} / {held:,}" for rss, held in points)

@@ -144,7 +144,20 @@ def state_sizes(states: list[CustomerState], config: JobConfig) -> None:
     describe("dormant (windows expired)")
 
 
-def memory(path: Path, lines: int, config: JobConfig, interval: float) -> None:
+class Watched(CoreEngine):
+    """The core loop, noting when the stream ends (the end of input then stores every customer)."""
+
+    started = 0.0
+    stream_seconds = 0.0
+
+    def _finish(self, end: int) -> None:
+        self.stream_seconds = time.perf_counter() - self.started
+        super()._finish(end)
+
+
+def watch(path: Path, config: JobConfig, interval: float) -> tuple[float, list[tuple[float, int, int]]]:
+    """One core-loop run over ``path`` with embedded Redis: the stream's seconds (without the end of
+    input) and samples of (time, RSS, customers held in memory) every ``interval`` seconds."""
     with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
         redis_url, server = start_embedded(Path(tmp) / "state")
         out = Path(tmp) / "out"
@@ -156,11 +169,11 @@ def memory(path: Path, lines: int, config: JobConfig, interval: float) -> None:
             now_ms=int(datetime.now(UTC).timestamp() * 1000),
         )
         out.mkdir()
-        engine = CoreEngine(spec)
+        engine = Watched(spec)
         me = psutil.Process()
         samples: list[tuple[float, int, int]] = []
         stop = threading.Event()
-        started = time.perf_counter()
+        started = engine.started = time.perf_counter()
 
         def sample() -> None:
             while not stop.wait(interval):
@@ -171,8 +184,12 @@ def memory(path: Path, lines: int, config: JobConfig, interval: float) -> None:
         engine.run()
         stop.set()
         sampler.join()
-        seconds = time.perf_counter() - started
         del server
+    return engine.stream_seconds, samples
+
+
+def memory(path: Path, lines: int, config: JobConfig, interval: float) -> None:
+    seconds, samples = watch(path, config, interval)
     print(f"\nCore loop over {lines:,} lines: {seconds:.0f} s, {lines / seconds:,.0f} lines/s")
     print("| time | share of run | RSS MiB | customers in memory |\n|---:|---:|---:|---:|")
     step = max(1, len(samples) // 10)
