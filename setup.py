@@ -33,6 +33,8 @@ setup(
         "flink": ["apache-flink>=2.3"],
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "pytest-timeout>=2.3", "trustme>=1.1"],
         "bench": ["scikit-learn>=1.4"],  # batch baselines of bench/uci_models.py and bench/uci_scores.py
+        # segstream backtest: scikit-learn baselines, BG/NBD and Gamma-Gamma (pymc-marketing's clv module)
+        "backtest": ["scikit-learn>=1.4", "pymc-marketing>=0.19"],
     },
     entry_points={"console_scripts": ["segstream = pipelines.cli:main"]},
 )

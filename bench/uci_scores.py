@@ -3,15 +3,15 @@
 The UCI file (read-only, never copied) becomes events with the project's adapter; the events before
 ``--cutoff`` go through the real job (``segstream run --engine core --as-of CUTOFF``; ``--engine``
 picks another), with the models off (the baseline) and on. The profiles at the cutoff
-carry ``churn_score`` and ``propensity_score``. Every customer with an order before the cutoff is
-labelled from the orders after it (propensity: an order within 14 days; churn: none within 90 days)
-and the exact ROC AUC of the job's scores is printed beside batch models trained on the period
-before the cutoff with the labels known by then (weekly reference dates, :mod:`bench.uci_models`):
-scikit-learn's logistic regression and gradient boosting when scikit-learn is installed (``pip
-install -e '.[bench]'``), and River's logistic regression over shuffled epochs. The job's events
-per second with the models on and off close the report: ``--repeat`` pairs of runs, off then on
-(``--together``: the two runs of a pair at the same time, one per core); the fastest run of each
-and their ratio, then the ratio of each pair and their median.
+carry ``churn_score``, ``propensity_score`` and ``ltv_score``. Every customer with an order before
+the cutoff is labelled from the orders after it (propensity: an order within 14 days; churn: none
+within 90 days; lifetime value: net spend within 90 days) and the job's scores are printed beside
+the baselines of ``segstream backtest`` (:mod:`pipelines.backtest`: scikit-learn's logistic
+regression and gradient boosting on weekly RFM examples before the cutoff, BG/NBD and Gamma-Gamma;
+``pip install -c constraints.txt -e '.[backtest]'``) and River's logistic regression over shuffled
+epochs. The job's events per second with the models on and off close the report: ``--repeat``
+pairs of runs, off then on (``--together``: the two runs of a pair at the same time, one per core);
+the fastest run of each and their ratio, then the ratio of each pair and their median.
 
 Run from the repository root::
 
@@ -24,47 +24,31 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from timing import on_off, run_job
-from uci_models import (
-    DATA,
-    HORIZON_DAYS,
-    batch_examples,
+from uci_models import DATA, HORIZON_DAYS, river_epochs_scores
+
+from online_models import DAY_MS
+from pipelines.backtest import (
+    Horizons,
+    Scores,
+    btyd_baselines,
     features_at,
-    full_histories,
-    label_after,
-    load_orders,
-    river_epochs_scores,
-    sklearn_scores,
+    histories,
+    labelled,
+    report,
+    rfm_baselines,
+    split_log,
+    stream_scores,
+    training_examples,
 )
-
-from online_models import DAY_MS, roc_auc
+from pipelines.sources import RawRecord
 from transforms.adapters.uci_online_retail import iter_events
-from transforms.dead_letters import Rejection
-from transforms.timestamps import parse_event_time
-
-
-def write_events_before(path: Path, out: Path, cutoff: int) -> int:
-    """The adapter's events before ``cutoff`` (and dirty ones, which the job dead-letters) to ``out``."""
-    n = 0
-    with out.open("w", encoding="utf-8") as handle:
-        for event in iter_events(path):
-            try:
-                if parse_event_time(event["ts"]) >= cutoff:
-                    continue
-            except (Rejection, KeyError):
-                pass
-            handle.write(json.dumps(event) + "\n")
-            n += 1
-    return n
-
-
-def auc_of(scores: list[float], labels: list[bool]) -> float | None:
-    return roc_auc(list(zip(scores, labels, strict=True)))
+from transforms.cleaning import Cleaner, CleaningConfig
 
 
 def main() -> None:
@@ -82,52 +66,44 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="uci-scores-"))
     work.mkdir(parents=True, exist_ok=True)
     source = work / "before_cutoff.jsonl"
-    lines = write_events_before(args.data, source, cutoff)
+    records = (RawRecord(str(args.data), str(n), event) for n, event in enumerate(iter_events(args.data), start=1))
+    with source.open("wb") as out:
+        log = split_log(records, Cleaner(CleaningConfig(email_salt="bench")), int(time.time() * 1000), cutoff, out)
     profiles: dict[str, dict] = {}
 
     def job(models: bool) -> dict:
-        summary, by_customer = run_job(source, work, models, args.models_yaml, as_of=cutoff, engine=args.engine)
+        summary, by_id = run_job(source, work, models, args.models_yaml, as_of=cutoff, engine=args.engine)
         if models:
-            profiles.update(by_customer)
+            profiles.update(by_id)
         return summary
 
     runs = on_off(args.repeat, args.together, job)
     on = runs.fastest(True)
-    rows, _ = load_orders(args.data)
-    histories = full_histories(rows)
-    customers = sorted(u for u, h in histories.items() if h.ts and h.ts[0] < cutoff)
-    print(f"UCI Online Retail, cutoff {args.cutoff}: {lines:,} lines before it, {len(customers):,} customers")
-    print(f"with an order before it (work dir {work})\n")
-    print("| model | propensity AUC | churn AUC |\n|---|---:|---:|")
-    table: dict[str, dict[str, float | None]] = {}
-    missing = sum(1 for u in customers if f"user:{u}" not in profiles)
-    for task in HORIZON_DAYS:
-        labels = [label_after(histories[u], cutoff, task) for u in customers]
-        job = [(profiles[f"user:{u}"][f"{task}_score"], y) for u, y in zip(customers, labels, strict=True)
-               if f"user:{u}" in profiles]  # fmt: skip
-        table.setdefault("segstream job (online, in the stream)", {})[task] = roc_auc(job)
-        train = batch_examples(histories, cutoff, task, cutoff - 240 * DAY_MS)
-        test_x = [features_at(histories[u], cutoff) for u in customers]
-        for kind in ("logistic", "gradient_boosting"):
-            scores = sklearn_scores(train, test_x, kind)
-            name = f"batch scikit-learn {kind.replace('_', ' ')}"
-            table.setdefault(name, {})[task] = (
-                None if scores is None else roc_auc(list(zip(scores, labels, strict=True)))
-            )
+    by_customer = histories(log.rows)
+    horizons = Horizons(**HORIZON_DAYS, ltv=90)  # the packaged configuration's
+    truth = labelled(by_customer, cutoff, horizons, profiles)
+    missing = sum(1 for c, h in by_customer.items() if h.ts and h.ts[0] < cutoff and c not in profiles)
+    print(f"UCI Online Retail, cutoff {args.cutoff}: {log.before:,} lines before it, {len(truth.customers):,}")
+    print(f"customers with an order before it and a profile (work dir {work})\n")
+    rows = stream_scores(profiles, truth.customers, "segstream job (online, in the stream)")
+    rows += rfm_baselines(by_customer, truth.customers, cutoff, horizons, train_days=240)
+    test_x = [features_at(by_customer[c], cutoff) for c in truth.customers]
+    for task, days in HORIZON_DAYS.items():
+        train = training_examples(by_customer, cutoff, task, days, cutoff - 240 * DAY_MS)
         river = river_epochs_scores(train, test_x, args.epochs, seed=1)
-        table.setdefault(f"batch River logistic, {args.epochs} epochs", {})[task] = roc_auc(
-            list(zip(river, labels, strict=True))
-        )
-    for name, aucs in table.items():
-        cells = " | ".join("n/a (no scikit-learn)" if aucs[t] is None else f"{aucs[t]:.3f}" for t in HORIZON_DAYS)
-        print(f"| {name} | {cells} |")
+        rows.append(Scores(task, f"batch River logistic, {args.epochs} epochs", river))
+    rows += btyd_baselines(by_customer, truth.customers, cutoff, horizons)
+    print(report(truth, rows, horizons))
     if missing:
         print(f"\n{missing} customers with an order had no profile (their lines were dead letters)")
     print(f"\n{runs.report(args.engine)}")
     for task, figures in (on.get("models") or {}).items():
         v = figures["validation"]
-        auc = "n/a" if v["roc_auc"] is None else f"{v['roc_auc']:.3f}"
-        print(f"progressive validation {task}: {figures['n_updates']:,} updates, AUC {auc} (last {v['window']:,})")
+        if "roc_auc" in v:
+            quality = "AUC n/a" if v["roc_auc"] is None else f"AUC {v['roc_auc']:.3f}"
+        else:  # the lifetime value's regression
+            quality = f"mean absolute error {v['mean_absolute_error']:,.2f}"
+        print(f"progressive validation {task}: {figures['n_updates']:,} updates, {quality} (last {v['window']:,})")
 
 
 if __name__ == "__main__":

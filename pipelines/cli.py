@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from pipelines.backtest_cli import backtest, generate_cohort
 from pipelines.core_engine import CoreEngine
 from pipelines.customer_store import STATE_FILE, applied_before, input_digest, promote_state
 from pipelines.delivery import Deliveries
@@ -825,6 +826,10 @@ def forget(
         METRICS.forgets.inc()
         removed = ", ".join(f"{kind} {n}" for kind, n in sorted(receipt.removed.items()))
         click.echo(f"forgot customer {receipt.customer_ref[:16]}: removed {removed}; receipt {receipt.receipt_id}")
+
+
+main.add_command(backtest)
+main.add_command(generate_cohort)
 
 
 if __name__ == "__main__":
