@@ -170,6 +170,9 @@ class CoreEngine:
     def _set_timer(self, key: str, ts: int) -> None:
         self.wakes[key] = ts
         heapq.heappush(self.timers, (ts, key))
+        if len(self.timers) > 2 * len(self.wakes) + 1024:  # mostly superseded entries: keep the live ones
+            self.timers = [(wake, customer) for customer, wake in self.wakes.items()]
+            heapq.heapify(self.timers)
 
     def _fire(self, watermark: int, end: int | None, bounded: bool) -> None:
         if self.stored_wake is not None and self.stored_wake <= watermark:
