@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -85,3 +86,17 @@ def test_ltv_score_learns_who_spends_and_rules_read_it() -> None:
 def test_a_bad_ltv_horizon_is_a_config_error(value: object) -> None:
     with pytest.raises(ConfigError, match=r"models\.ltv_days"):
         parse_config({"segments": {"s": {"feature": "orders", ">=": 1}}, "models": {"ltv_days": value}}, env={})
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 50), st.floats(0, 5), st.floats(0, 1000)), min_size=1, max_size=60))
+def test_the_fast_prediction_is_rivers(rows: list[tuple[float, float, float]]) -> None:
+    from online_models.pipelines import SpendRegressor
+
+    model = SpendRegressor()
+    for orders, recency, spend in rows:
+        model.learn_clean({"orders": orders, "recency": recency}, spend)
+    x = {"orders": rows[0][0], "recency": rows[-1][1], "unknown": 3.0}
+    river = model.model.predict_one(x)
+    expected = math.expm1(min(max(river, 0.0), model.top))
+    assert model.predict_clean(x) == pytest.approx(expected, rel=1e-9, abs=1e-9)
