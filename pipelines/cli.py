@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -170,6 +171,9 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
             seconds = time.perf_counter() - started  # the delivery drain after the input is not counted
     except (RedisUnavailable, StateFileError) as error:
         raise UserError(str(error)) from None
+    except (OSError, sqlite3.Error) as error:  # a full disk, say: one line, and where the state stands
+        kept = f"; {spec.state_file} is as the last run that ended well left it" if spec.state_file else ""
+        raise click.ClickException(f"the run stopped: {type(error).__name__}: {error}{kept}") from None
     for line in deliveries.report.lines():
         click.echo(line)
     counts = METRICS.snapshot().minus(before)

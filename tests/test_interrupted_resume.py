@@ -141,20 +141,36 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
     return apply
 
 
+def newcomers(path: Path) -> Path:
+    """The same lines as ``path`` from other customers (every identifier renamed)."""
+    renamed = path.with_name("newcomers.jsonl")
+    text = path.read_text()
+    for old, new in (("anon-", "anon-n"), ("user-", "user-n"), ("User", "Usern"), ("ev-", "ev-n"), ("s-0", "sn-0")):
+        text = text.replace(old, new)
+    renamed.write_text(text)
+    return renamed
+
+
 @pytest.mark.parametrize("engine", ["core", "beam"])
 def test_a_resume_run_on_a_full_disk_fails_and_keeps_the_saved_state(
     engine: str, tmp_path: Path, redis_url: str
 ) -> None:
-    _, expected = baseline(engine, tmp_path / "baseline", redis_url)
     first, second = halves(tmp_path)
-    state = tmp_path / "state"
-    assert run(command(engine, first, state, tmp_path / "one", redis_url)).returncode == 0
-    saved = (state / STATE_FILE).read_bytes()
-    full = run(command(engine, second, state, tmp_path / "full", redis_url), _file_size_limit(len(saved) // 2))
-    assert full.returncode != 0 and (state / STATE_FILE).read_bytes() == saved
-    rerun = run(command(engine, second, state, tmp_path / "rerun", redis_url))
-    assert rerun.returncode == 0, rerun.stderr
-    assert changes_and_profiles(tmp_path / "rerun") == expected
+    later = newcomers(second)  # new customers: the saved state has to grow
+    for name, limit in (("full", True), ("uninterrupted", False)):
+        state = tmp_path / name / "state"
+        assert run(command(engine, first, state, tmp_path / name / "one", redis_url)).returncode == 0
+        saved = (state / STATE_FILE).read_bytes()
+        if limit:  # the copy of the state fits; the customers the input adds to it do not
+            full = run(command(engine, later, state, tmp_path / name / "full", redis_url), _file_size_limit(len(saved)))
+            assert full.returncode == 1 and (state / STATE_FILE).read_bytes() == saved
+            assert not (state / (STATE_FILE + ".run")).exists()
+            last = full.stderr.strip().splitlines()[-1]
+            assert last.startswith("Error: the run stopped: ") and "as the last run that ended well" in last
+            assert engine == "beam" or "Traceback" not in full.stderr  # Beam's runner logs its worker's
+        done = run(command(engine, later, state, tmp_path / name / "two", redis_url))
+        assert done.returncode == 0, done.stderr
+    assert changes_and_profiles(tmp_path / "full" / "two") == changes_and_profiles(tmp_path / "uninterrupted" / "two")
 
 
 def test_an_input_already_applied_to_the_saved_state_is_refused(tmp_path: Path, redis_url: str) -> None:
