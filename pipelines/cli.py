@@ -74,10 +74,12 @@ def _check_source(source: str, engine: str = "beam") -> None:
         raise UserError(str(error)) from None
 
 
-def _check_not_applied(source: Path, state_file: Path) -> None:
-    """--resume: refuse an input the saved state already holds (its run ended after saving it)."""
+def _not_applied(source: Path, state_file: Path) -> str:
+    """--resume: the input's digest, unless the saved state already holds that input (its run ended
+    after saving it): then one line."""
+    digest = input_digest(source)
     try:
-        applied = applied_before(state_file, input_digest(source))
+        applied = applied_before(state_file, digest)
     except StateFileError as error:
         raise UserError(str(error)) from None
     if applied is not None:
@@ -85,6 +87,7 @@ def _check_not_applied(source: Path, state_file: Path) -> None:
             f"--resume: {source} was already applied to {state_file} (at {applied} UTC); "
             "running it again would count its events twice"
         )
+    return digest
 
 
 def _flink_conf(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -148,6 +151,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
     """Run ``spec`` on ``engine``; return the run summary (also written to Redis and --summary-out)."""
     if spec.config.identity is not None:
         check_stitching(spec.source)
+    digest = _not_applied(Path(spec.source), spec.state_file) if spec.state_file is not None else None
     outputs = spec.outputs
     truncate(outputs.changes, outputs.profiles, outputs.dead_letters)
     before = METRICS.snapshot()
@@ -188,7 +192,7 @@ def execute(spec: JobSpec, engine: str) -> dict[str, Any]:
         raise click.ClickException(f"internal error: counts do not add up: {summary}")
     if spec.state_file is not None:
         # The last step: a run stopped before it leaves the saved state as it was.
-        promote_state(spec.state_file, input_digest(Path(spec.source)))
+        promote_state(spec.state_file, digest)
     return summary
 
 
@@ -429,8 +433,6 @@ def run(
     _check_source(source, engine)
     if resume and (engine not in ("core", "beam") or is_stream_source(source)):
         raise UserError("--resume continues file replays on --engine core or beam")
-    if resume:
-        _check_not_applied(Path(source), state_dir / STATE_FILE)
     engine_conf = _flink_conf(flink_conf)
     config = _with_webhooks(_load_config(config_path), webhook_urls, webhook_secrets, webhook_secret_file)
     config = _with_horizons(config, churn_days, propensity_days)

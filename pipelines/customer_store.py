@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.snapshot_store import SnapshotStore, check_state_file
+from pipelines.snapshot_store import SnapshotStore, StateFileError, check_state_file
 from transforms.customer import CustomerLogic, Snapshot, Step
 
 STATE_FILE = "customers.db"
@@ -99,15 +99,18 @@ def input_digest(source: Path) -> str:
 
 
 def applied_before(state_file: Path, digest: str) -> str | None:
-    """When the input of ``digest`` was applied to the saved state (ISO time), or None."""
+    """When the input of ``digest`` was applied to the saved state (ISO time), or None.
+    (:func:`saved_state` checks the whole file when the run opens it.)"""
     if not state_file.exists():
         return None
-    check_state_file(state_file)
-    db = sqlite3.connect(f"file:{state_file}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT data FROM shared WHERE name = 'inputs'").fetchone()
-    finally:
-        db.close()
+        db = sqlite3.connect(f"file:{state_file}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT data FROM shared WHERE name = 'inputs'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as error:
+        raise StateFileError(f"{state_file} is not a readable state file ({error})") from None
     return None if row is None else pickle.loads(row[0]).get(digest)
 
 
